@@ -1,0 +1,249 @@
+"""The adapter interface, the registry, and the pieces every adapter shares.
+
+An adapter knows one model family. It finds the towers of a model by structure
+(never by class name alone), and patches *instances* only: the classes of a few
+modules are swapped for subclasses created here, and one cross-token parameter
+per tower is registered. :func:`Adapter.remove` undoes both exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from ..config import ReductionConfig
+from ..core import TokenState
+from ..errors import CrossGetError
+
+CONFIG_ATTR = "crossget_config"
+SCHEDULE_ATTR = "crossget_schedule"
+PARENT_ATTR = "_crossget_parent"
+
+
+@dataclass(frozen=True)
+class Tower:
+    """One encoder of a model, as the adapter found it.
+
+    Attributes:
+        modality: ``"vision"`` or ``"text"``.
+        holder: the module that owns the cross-token parameter and the schedule.
+        cross_name: attribute name of the cross-token parameter on ``holder``.
+        num_layers: number of transformer blocks.
+        width: hidden size ``D``; the cross tokens are ``[1, num_layers, D]``.
+        num_heads: attention heads of each block.
+        num_tokens: tokens entering the first block, the cross slot included.
+    """
+
+    modality: str
+    holder: nn.Module
+    cross_name: str
+    num_layers: int
+    width: int
+    num_heads: int
+    num_tokens: int
+
+    @property
+    def num_protected(self) -> int:
+        """CLS/SOT and the cross slot, plus EOT for text (SPEC §1)."""
+        return 2 if self.modality == "vision" else 3
+
+    @property
+    def schedule(self) -> tuple[int, ...]:
+        return getattr(self.holder, SCHEDULE_ATTR)
+
+    @property
+    def cross(self) -> nn.Parameter:
+        return getattr(self.holder, self.cross_name)
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """Shapes and special ids of a model's inputs; ``None`` where a model has no
+    such tower."""
+
+    image_size: int | None
+    context_length: int | None
+    vocab_size: int | None
+    sot_id: int | None
+    eot_id: int | None
+
+    def example_images(self, batch: int, seed: int = 0) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        return torch.randn(batch, 3, self.image_size, self.image_size, generator=gen)
+
+    def example_texts(self, batch: int, length: int | None = None, seed: int = 0) -> torch.Tensor:
+        """``[batch, context_length]`` ids: SOT, random tokens, EOT at ``length - 1``
+        (a full-length caption by default, the paper's FLOPs convention)."""
+        length = length or self.context_length
+        gen = torch.Generator().manual_seed(seed)
+        low = 1
+        high = min(self.sot_id, self.eot_id)
+        ids = torch.zeros(batch, self.context_length, dtype=torch.long)
+        ids[:, 1 : length - 1] = torch.randint(low, high, (batch, length - 2), generator=gen)
+        ids[:, 0] = self.sot_id
+        ids[:, length - 1] = self.eot_id
+        return ids
+
+
+_PATCHED_CLASSES: dict[tuple[type, type], type] = {}
+
+
+def swap_class(module: nn.Module, mixin: type) -> None:
+    """Give ``module`` the class ``mixin + its own class`` (one cached class per pair)."""
+    parent = module.__class__
+    key = (mixin, parent)
+    if key not in _PATCHED_CLASSES:
+        _PATCHED_CLASSES[key] = type(f"CrossGET{parent.__name__}", (mixin, parent), {PARENT_ATTR: parent})
+    module.__class__ = _PATCHED_CLASSES[key]
+
+
+def restore_classes(model: nn.Module) -> None:
+    for module in model.modules():
+        parent = type(module).__dict__.get(PARENT_ATTR)
+        if parent is not None:
+            module.__class__ = parent
+
+
+def run_blocks(
+    x: torch.Tensor,
+    blocks: Sequence[nn.Module],
+    block_forward: Callable[[nn.Module, torch.Tensor, TokenState, int], torch.Tensor],
+    schedule: Sequence[int],
+    cross: torch.Tensor,
+    state: TokenState,
+) -> torch.Tensor:
+    """Run a tower's blocks on ``x`` (``[N, T, D]``, cross slot last), injecting
+    the layer's cross token before each block (SPEC §3)."""
+    for layer, (block, r) in enumerate(zip(blocks, schedule)):
+        x = state.inject_cross(x, cross[0, layer])
+        x = block_forward(block, x, state, r)
+    return x
+
+
+def append_cross_slot(x: torch.Tensor, source_idx: torch.Tensor | None = None) -> torch.Tensor:
+    """Append the initial cross slot: a copy of token 0 (vision CLS) or of the
+    token at ``source_idx`` (text EOT), SPEC §3."""
+    if source_idx is None:
+        slot = x[:, :1]
+    else:
+        slot = x[torch.arange(x.shape[0], device=x.device), source_idx][:, None]
+    return torch.cat([x, slot], dim=1)
+
+
+def split_heads(z: torch.Tensor, num_heads: int) -> torch.Tensor:
+    n, t, _ = z.shape
+    return z.view(n, t, num_heads, -1).transpose(1, 2)
+
+
+def merge_heads(z: torch.Tensor) -> torch.Tensor:
+    n, h, t, d = z.shape
+    return z.transpose(1, 2).reshape(n, t, h * d)
+
+
+def uses_reduced_path(module: nn.Module, schedule: Sequence[int]) -> bool:
+    """Whether a tower must run the CrossGET path. A text tower with r = 0
+    everywhere is bit-identical to the original at inference (nothing attends
+    to its cross slot, SPEC §5), so it keeps the original code path."""
+    return module.training or any(r > 0 for r in schedule)
+
+
+class Adapter:
+    """Patches one model family. Subclasses implement :meth:`matches`,
+    :meth:`towers` and :meth:`class_swaps`; apply/remove are shared."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        raise NotImplementedError
+
+    def towers(self, model: nn.Module) -> list[Tower]:
+        """The towers to patch; raises :class:`CrossGetError` on a layout this
+        adapter cannot patch faithfully."""
+        raise NotImplementedError
+
+    def class_swaps(self, model: nn.Module) -> list[tuple[nn.Module, type]]:
+        raise NotImplementedError
+
+    def inputs(self, model: nn.Module) -> "ModelInputs":
+        """What the model's encoders take (for example inputs, FLOPs, reports)."""
+        raise NotImplementedError
+
+    def encode_image(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Projected image features ``[N, E]`` (not normalised)."""
+        raise NotImplementedError
+
+    def encode_text(self, model: nn.Module, token_ids: torch.Tensor) -> torch.Tensor:
+        """Projected text features ``[N, E]`` (not normalised)."""
+        raise NotImplementedError
+
+    def apply(self, model: nn.Module, config: ReductionConfig) -> nn.Module:
+        """Patch ``model`` in place. Patching again reconfigures: the classes are
+        swapped once and trained cross tokens of the right shape are kept."""
+        towers = self.towers(model)
+        schedules = [config.schedule(t.modality, t.num_layers) for t in towers]
+        kept = {id(t.holder): getattr(t.holder, t.cross_name, None) for t in towers}
+        self.remove(model)
+        for tower, schedule in zip(towers, schedules):
+            setattr(tower.holder, SCHEDULE_ATTR, schedule)
+            shape = (1, tower.num_layers, tower.width)
+            param = kept[id(tower.holder)]
+            if not isinstance(param, nn.Parameter) or tuple(param.shape) != shape:
+                ref = next(tower.holder.parameters())
+                param = nn.Parameter(torch.zeros(shape, dtype=ref.dtype, device=ref.device))
+            tower.holder.register_parameter(tower.cross_name, param)
+        for module, mixin in self.class_swaps(model):
+            swap_class(module, mixin)
+        setattr(model, CONFIG_ATTR, config)
+        return model
+
+    def remove(self, model: nn.Module) -> nn.Module:
+        restore_classes(model)
+        for module in model.modules():
+            if hasattr(module, SCHEDULE_ATTR):
+                delattr(module, SCHEDULE_ATTR)
+                for name in ("cross_image", "cross_text"):
+                    if name in module._parameters:
+                        del module._parameters[name]
+        if CONFIG_ATTR in model.__dict__:
+            delattr(model, CONFIG_ATTR)
+        return model
+
+
+_ADAPTERS: dict[str, type[Adapter]] = {}
+
+
+def register_adapter(name: str):
+    """Class decorator adding an adapter to the registry under ``name``."""
+
+    def decorate(cls: type[Adapter]) -> type[Adapter]:
+        if name in _ADAPTERS:
+            raise ValueError(f"adapter {name!r} is already registered")
+        cls.name = name
+        _ADAPTERS[name] = cls
+        return cls
+
+    return decorate
+
+
+def list_adapters() -> list[str]:
+    return sorted(_ADAPTERS)
+
+
+def get_adapter(name: str) -> Adapter:
+    if name not in _ADAPTERS:
+        raise CrossGetError(f"unknown adapter {name!r}", f"available: {', '.join(list_adapters())}")
+    return _ADAPTERS[name]()
+
+
+def find_adapter(model: nn.Module) -> Adapter:
+    """The adapter whose family ``model`` belongs to."""
+    for name in list_adapters():
+        if _ADAPTERS[name].matches(model):
+            return _ADAPTERS[name]()
+    supported = "; ".join(f"{n}: {_ADAPTERS[n].description}" for n in list_adapters())
+    raise CrossGetError(f"unsupported model type {type(model).__name__}", f"supported: {supported}")

@@ -1,0 +1,69 @@
+"""Reduction settings: a frozen, validated dataclass shared by every adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+from .errors import CrossGetError
+
+RSpec = Union[int, Sequence[int]]
+
+METHODS = ("crossget",)
+MODALITIES = ("vision", "text")
+
+
+def _validate_r(name: str, value: RSpec) -> int | tuple[int, ...]:
+    def check(v) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise CrossGetError(f"{name} must be a non-negative integer, got {v!r}", "pass e.g. 16, or one integer per layer")
+        if v < 0:
+            raise CrossGetError(f"{name} must be >= 0, got {v}", "r is the number of tokens merged per layer")
+        return v
+
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise CrossGetError(f"{name} is an empty list", "give one integer per layer, or a single integer")
+        return tuple(check(v) for v in value)
+    return check(value)
+
+
+@dataclass(frozen=True)
+class ReductionConfig:
+    """How many tokens each layer of each tower merges.
+
+    Attributes:
+        vision_r: tokens merged per vision layer: one int for every layer
+            (clamped at run time, SPEC §1) or one value per layer.
+        text_r: the same for the text tower.
+        method: the reduction algorithm; ``"crossget"`` (SPEC §1-§2).
+    """
+
+    vision_r: int | tuple[int, ...] = 0
+    text_r: int | tuple[int, ...] = 0
+    method: str = "crossget"
+
+    def __post_init__(self):
+        object.__setattr__(self, "vision_r", _validate_r("vision_r", self.vision_r))
+        object.__setattr__(self, "text_r", _validate_r("text_r", self.text_r))
+        if self.method not in METHODS:
+            raise CrossGetError(f"unknown method {self.method!r}", f"choose one of: {', '.join(METHODS)}")
+
+    def r_for(self, modality: str) -> int | tuple[int, ...]:
+        return self.vision_r if modality == "vision" else self.text_r
+
+    def schedule(self, modality: str, num_layers: int) -> tuple[int, ...]:
+        """Per-layer r for a tower of ``num_layers`` blocks."""
+        r = self.r_for(modality)
+        if isinstance(r, int):
+            return (r,) * num_layers
+        if len(r) != num_layers:
+            raise CrossGetError(
+                f"{modality}_r lists {len(r)} values but the {modality} tower has {num_layers} layers",
+                f"give {num_layers} values or a single integer",
+            )
+        return r
+
+    def to_dict(self) -> dict:
+        as_plain = lambda r: r if isinstance(r, int) else list(r)  # noqa: E731
+        return {"method": self.method, "vision_r": as_plain(self.vision_r), "text_r": as_plain(self.text_r)}

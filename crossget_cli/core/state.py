@@ -1,0 +1,98 @@
+"""Per-forward reduction state of one tower (SPEC §1-§3, §7).
+
+A :class:`TokenState` is created at the start of a tower's forward and dropped
+at its end; nothing survives between calls. It carries the token sizes, the
+text token ids and pooled (EOT) position, and the cross tokens injected at each
+layer, and it owns the three things a patched block asks of the algorithm:
+the attention bias, the cross-token injection and the reduction step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .matching import MergePlan, clamp_r, complete_graph_matching, protected_indices
+from .merge import ensemble_merge
+
+
+@dataclass
+class TokenState:
+    """Bookkeeping for one forward of one tower, batch-first.
+
+    Attributes:
+        sizes: ``[N, T, 1]`` float32 token sizes, ``None`` while every size is 1
+            (then attention needs no bias and runs exactly as the original).
+        token_ids: ``[N, T]`` float32 merged token ids (text only).
+        pooled_idx: ``[N]`` int64 position of the pooled EOT token (text only);
+            EOT is protected, so its new slot is the count of kept tokens before it.
+        causal: whether the tower attends causally (text).
+        cross_inputs: the cross token injected before each block, ``[N, D]``.
+        trace: when a list, each reduction step appends its plan (for parity checks).
+    """
+
+    sizes: torch.Tensor | None = None
+    token_ids: torch.Tensor | None = None
+    pooled_idx: torch.Tensor | None = None
+    causal: bool = False
+    cross_inputs: list[torch.Tensor] = field(default_factory=list)
+    trace: list[MergePlan] | None = None
+
+    @classmethod
+    def for_text(cls, input_ids: torch.Tensor, pooled_idx: torch.Tensor, with_cross_slot: bool) -> "TokenState":
+        """State for a text tower; ``with_cross_slot`` extends the ids by the
+        SOT id for the appended cross token, as the reference does."""
+        ids = input_ids.float()
+        if with_cross_slot:
+            ids = torch.cat([ids, ids[:, :1]], dim=1)
+        return cls(token_ids=ids, pooled_idx=pooled_idx.long(), causal=True)
+
+    def inject_cross(self, x: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
+        """Overwrite the last slot with ``sg(g) + cross`` (SPEC §3): ``g`` is the
+        previous cross token for vision and the current EOT token for text."""
+        n = x.shape[0]
+        if self.pooled_idx is None:
+            guide = x[:, -1]
+        else:
+            guide = x[torch.arange(n, device=x.device), self.pooled_idx]
+        token = guide.detach() + cross.to(x.dtype)
+        self.cross_inputs.append(token)
+        return torch.cat([x[:, :-1], token[:, None]], dim=1)
+
+    def attention_mask(self, x: torch.Tensor, explicit_causal: bool = False) -> torch.Tensor | None:
+        """Additive mask broadcastable to ``[N, heads, T, T]``, or ``None``:
+        ``log(size)`` of each key for proportional attention (SPEC §7), plus the
+        causal triangle for text. While every size is 1 there is no bias, and a
+        causal tower gets ``None`` (run with ``is_causal``) unless
+        ``explicit_causal`` asks for the triangle as a mask."""
+        t = x.shape[1]
+        causal = None
+        if self.causal and (self.sizes is not None or explicit_causal):
+            causal = torch.full((t, t), float("-inf"), device=x.device, dtype=x.dtype).triu_(1)
+        if self.sizes is None:
+            return None if causal is None else causal.expand(x.shape[0], 1, t, t)
+        bias = self.sizes.log().to(x.dtype).view(x.shape[0], 1, 1, t)
+        return bias if causal is None else bias + causal
+
+    def reduce(self, x: torch.Tensor, keys: torch.Tensor, queries: torch.Tensor, r: int) -> torch.Tensor:
+        """One reduction step after the attention residual (SPEC §1 step 3).
+
+        ``keys`` and ``queries`` are ``[N, T, D]`` full-width projections with
+        bias; the guide is the cross token's query (vision) or the EOT's (text).
+        """
+        n, t, _ = x.shape
+        protected = protected_indices(n, t, self.pooled_idx, x.device)
+        r = clamp_r(r, t, protected.shape[1])
+        if r == 0:
+            return x
+        rows = torch.arange(n, device=x.device)
+        guide = queries[:, -1] if self.pooled_idx is None else queries[rows, self.pooled_idx]
+        plan = complete_graph_matching(keys, guide, r, protected)
+        if self.trace is not None:
+            self.trace.append(plan)
+        sizes = self.sizes if self.sizes is not None else x.new_ones(n, t, 1, dtype=torch.float32)
+        x, self.sizes, self.token_ids = ensemble_merge(x, sizes, plan, self.token_ids)
+        if self.pooled_idx is not None:
+            self.pooled_idx = (plan.keep_idx < self.pooled_idx[:, None]).sum(dim=1)
+        return x

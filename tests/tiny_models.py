@@ -1,0 +1,140 @@
+"""Tiny random CLIP models built in code (no downloads), and the OpenAI -> HF
+state-dict conversion that SPEC §9 describes, for parity tests."""
+
+from __future__ import annotations
+
+import torch
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+from transformers import CLIPConfig, CLIPModel
+
+# The official CLIP constructor arguments, as in the golden file.
+TINY = dict(
+    embed_dim=32,
+    image_resolution=32,
+    vision_layers=4,
+    vision_width=128,
+    vision_patch_size=8,
+    context_length=16,
+    vocab_size=64,
+    transformer_width=64,
+    transformer_heads=2,
+    transformer_layers=4,
+)
+
+
+def openclip_tiny(cfg: dict = TINY) -> CLIP:
+    vision = CLIPVisionCfg(
+        layers=cfg["vision_layers"],
+        width=cfg["vision_width"],
+        patch_size=cfg["vision_patch_size"],
+        image_size=cfg["image_resolution"],
+    )
+    text = CLIPTextCfg(
+        context_length=cfg["context_length"],
+        vocab_size=cfg["vocab_size"],
+        width=cfg["transformer_width"],
+        heads=cfg["transformer_heads"],
+        layers=cfg["transformer_layers"],
+    )
+    return CLIP(cfg["embed_dim"], vision, text, quick_gelu=True).eval()
+
+
+def hf_tiny_config(cfg: dict = TINY, **overrides) -> CLIPConfig:
+    text = dict(
+        vocab_size=cfg["vocab_size"],
+        hidden_size=cfg["transformer_width"],
+        intermediate_size=4 * cfg["transformer_width"],
+        num_hidden_layers=cfg["transformer_layers"],
+        num_attention_heads=cfg["transformer_heads"],
+        max_position_embeddings=cfg["context_length"],
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+        eos_token_id=2,  # legacy configs pool at argmax(ids), like OpenAI CLIP
+    )
+    vision = dict(
+        hidden_size=cfg["vision_width"],
+        intermediate_size=4 * cfg["vision_width"],
+        num_hidden_layers=cfg["vision_layers"],
+        num_attention_heads=cfg["vision_width"] // 64,
+        image_size=cfg["image_resolution"],
+        patch_size=cfg["vision_patch_size"],
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+    )
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=cfg["embed_dim"], **overrides)
+
+
+def hf_tiny(cfg: dict = TINY, attn_implementation: str = "sdpa") -> CLIPModel:
+    return CLIPModel(hf_tiny_config(cfg, attn_implementation=attn_implementation)).eval()
+
+
+_LAYER_RENAMES = {
+    "ln_1": "layer_norm1",
+    "ln_2": "layer_norm2",
+    "mlp.c_fc": "mlp.fc1",
+    "mlp.c_proj": "mlp.fc2",
+    "attn.out_proj": "self_attn.out_proj",
+}
+
+
+def openai_to_hf(state_dict: dict) -> dict:
+    """OpenAI-CLIP names -> transformers ``CLIPModel`` names (SPEC §9). Cross
+    tokens move to ``{vision,text}_model.encoder.cross_{image,text}``."""
+    out = {}
+    for name, value in state_dict.items():
+        if name.startswith("visual.transformer.resblocks."):
+            prefix, rest = "vision_model.encoder.layers.", name[len("visual.transformer.resblocks.") :]
+        elif name.startswith("transformer.resblocks."):
+            prefix, rest = "text_model.encoder.layers.", name[len("transformer.resblocks.") :]
+        else:
+            prefix = None
+        if prefix is not None:
+            index, rest = rest.split(".", 1)
+            if rest.startswith("attn.in_proj_"):
+                kind = rest.rsplit("_", 1)[1]
+                for proj, chunk in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
+                    out[f"{prefix}{index}.self_attn.{proj}.{kind}"] = chunk.clone()
+                continue
+            for old, new in _LAYER_RENAMES.items():
+                if rest.startswith(old):
+                    rest = new + rest[len(old) :]
+            out[f"{prefix}{index}.{rest}"] = value
+            continue
+        simple = {
+            "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
+            "visual.class_embedding": "vision_model.embeddings.class_embedding",
+            "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
+            "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight",
+            "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
+            "visual.ln_post.weight": "vision_model.post_layernorm.weight",
+            "visual.ln_post.bias": "vision_model.post_layernorm.bias",
+            "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+            "positional_embedding": "text_model.embeddings.position_embedding.weight",
+            "ln_final.weight": "text_model.final_layer_norm.weight",
+            "ln_final.bias": "text_model.final_layer_norm.bias",
+            "logit_scale": "logit_scale",
+            "visual.transformer.cross_image": "vision_model.encoder.cross_image",
+            "transformer.cross_text": "text_model.encoder.cross_text",
+        }
+        if name in simple:
+            out[simple[name]] = value
+        elif name == "visual.proj":
+            out["visual_projection.weight"] = value.t().contiguous()
+        elif name == "text_projection":
+            out["text_projection.weight"] = value.t().contiguous()
+    return out
+
+
+def random_images(n: int, resolution: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, resolution, resolution, generator=torch.Generator().manual_seed(seed))
+
+
+def random_texts(lengths: list[int], context: int, vocab: int, seed: int = 0) -> torch.Tensor:
+    """Token ids with SOT = vocab-2 first, EOT = vocab-1 last, zero padding."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(len(lengths), context, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        ids[row, 0] = vocab - 2
+        ids[row, 1 : length - 1] = torch.randint(1, vocab - 2, (length - 2,), generator=gen)
+        ids[row, length - 1] = vocab - 1
+    return ids
