@@ -120,6 +120,7 @@ def run_blocks(
     for layer, (block, r) in enumerate(zip(blocks, schedule)):
         x = state.inject_cross(x, cross[0, layer])
         x = block_forward(block, x, state, r)
+        state.record(layer, x)
     return x
 
 

@@ -2,7 +2,7 @@
 
 from .matching import MergePlan, clamp_r, complete_graph_matching, protected_indices, token_schedule
 from .merge import ensemble_merge, merge_sum
-from .state import TokenState
+from .state import TokenState, trace_reduction
 
 __all__ = [
     "MergePlan",
@@ -13,4 +13,5 @@ __all__ = [
     "merge_sum",
     "protected_indices",
     "token_schedule",
+    "trace_reduction",
 ]

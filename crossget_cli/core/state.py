@@ -9,12 +9,35 @@ the attention bias, the cross-token injection and the reduction step.
 
 from __future__ import annotations
 
+import contextlib
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 
 from .matching import MergePlan, clamp_r, complete_graph_matching, protected_indices
 from .merge import ensemble_merge
+
+
+_TRACE: ContextVar[list | None] = ContextVar("crossget_trace", default=None)
+
+
+@contextlib.contextmanager
+def trace_reduction() -> Iterator[list[dict]]:
+    """Record every block of every patched tower run inside the block.
+
+    Yields a list that receives, per block, a dict with ``modality``
+    (``"vision"``/``"text"``), ``layer``, ``x`` (block output ``[N, T, D]``),
+    ``sizes``, ``token_ids``, ``cross_in`` and ``plan`` (the :class:`MergePlan`,
+    or ``None``). For inspection and tests; a normal forward pays one lookup.
+    """
+    records: list[dict] = []
+    token = _TRACE.set(records)
+    try:
+        yield records
+    finally:
+        _TRACE.reset(token)
 
 
 @dataclass
@@ -29,7 +52,7 @@ class TokenState:
             EOT is protected, so its new slot is the count of kept tokens before it.
         causal: whether the tower attends causally (text).
         cross_inputs: the cross token injected before each block, ``[N, D]``.
-        trace: when a list, each reduction step appends its plan (for parity checks).
+        trace: the list of :func:`trace_reduction`, if one is active.
     """
 
     sizes: torch.Tensor | None = None
@@ -37,7 +60,8 @@ class TokenState:
     pooled_idx: torch.Tensor | None = None
     causal: bool = False
     cross_inputs: list[torch.Tensor] = field(default_factory=list)
-    trace: list[MergePlan] | None = None
+    trace: list[dict] | None = field(default_factory=_TRACE.get)
+    last_plan: MergePlan | None = None
 
     @classmethod
     def for_text(cls, input_ids: torch.Tensor, pooled_idx: torch.Tensor, with_cross_slot: bool) -> "TokenState":
@@ -90,9 +114,26 @@ class TokenState:
         guide = queries[:, -1] if self.pooled_idx is None else queries[rows, self.pooled_idx]
         plan = complete_graph_matching(keys, guide, r, protected)
         if self.trace is not None:
-            self.trace.append(plan)
+            self.last_plan = plan
         sizes = self.sizes if self.sizes is not None else x.new_ones(n, t, 1, dtype=torch.float32)
         x, self.sizes, self.token_ids = ensemble_merge(x, sizes, plan, self.token_ids)
         if self.pooled_idx is not None:
             self.pooled_idx = (plan.keep_idx < self.pooled_idx[:, None]).sum(dim=1)
         return x
+
+    def record(self, layer: int, x: torch.Tensor) -> None:
+        """Append one block's outcome to the active trace (no-op without one)."""
+        if self.trace is None:
+            return
+        self.trace.append(
+            {
+                "modality": "text" if self.causal else "vision",
+                "layer": layer,
+                "x": x.detach(),
+                "sizes": None if self.sizes is None else self.sizes.detach(),
+                "token_ids": self.token_ids,
+                "cross_in": self.cross_inputs[-1].detach() if self.cross_inputs else None,
+                "plan": self.last_plan,
+            }
+        )
+        self.last_plan = None

@@ -1,0 +1,168 @@
+"""Recipes: YAML files that name a model, its reduction and (later) how to fine-tune
+and evaluate it. Parsed strictly into dataclasses: an unknown key or a bad value
+is a :class:`CrossGetError` naming the key.
+
+The ``crossget.yaml`` that ``crossget compress`` exports is a recipe with an
+extra ``provenance`` section, so it can be fed back to ``crossget compress``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import ReductionConfig
+from .errors import CrossGetError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which checkpoint to load (see ``crossget_cli.tasks.loading``)."""
+
+    source: str | None = None  # open_clip name, hf:id, local folder or file
+    pretrained: str | None = None  # open_clip tag, weights file, or "none"
+    family: str | None = None  # adapter name, filled in by export
+    attn_implementation: str | None = None  # transformers attention backend
+    dtype: str | None = None  # fp32 / fp16 / bf16 of the exported weights
+
+
+@dataclass(frozen=True)
+class ReductionSpec:
+    method: str = "crossget"
+    vision_r: int | list[int] = 0  # tokens merged per vision layer (int or one per layer)
+    text_r: int | list[int] = 0  # tokens merged per text layer
+
+    def to_config(self) -> ReductionConfig:
+        as_r = lambda r: tuple(r) if isinstance(r, list) else r  # noqa: E731
+        return ReductionConfig(vision_r=as_r(self.vision_r), text_r=as_r(self.text_r), method=self.method)
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    """Fine-tuning with L_JS (SPEC §4); read and validated now, run by a later release."""
+
+    objective: str = "clip"  # clip (ITC + L_JS) or coop (CE + 10 L_JS)
+    js_weight: float = 0.5
+    lr: float = 1e-5
+    weight_decay: float = 0.05
+    epochs: int = 12
+    batch_size: int = 64
+    schedule: str = "cosine"
+    trainable: str = "all"  # all / cross / prompt+cross
+    amp: str = "fp16"
+    shots: int | None = None  # CoOp: examples per class
+    dataset: str | None = None
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    task: str = "retrieval"  # retrieval / zeroshot / captioning / vqa
+    dataset: str | None = None
+    split: str | None = None
+    reference: dict[str, float] = field(default_factory=dict)  # the paper's numbers, for comparison
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str | None = None
+    description: str | None = None
+    model: ModelSpec = field(default_factory=ModelSpec)
+    reduction: ReductionSpec = field(default_factory=ReductionSpec)
+    finetune: FinetuneSpec | None = None
+    eval: EvalSpec | None = None
+    reference: dict[str, Any] = field(default_factory=dict)  # published figures (GFLOPs, accuracy)
+    provenance: dict[str, Any] | None = None  # written by export; ignored when compressing
+
+    def to_dict(self) -> dict:
+        return _drop_none(dataclasses.asdict(self))
+
+
+_SECTIONS = {"model": ModelSpec, "reduction": ReductionSpec, "finetune": FinetuneSpec, "eval": EvalSpec}
+_VALID_CHOICES = {
+    ("finetune", "objective"): ("clip", "coop", "llava"),
+    ("finetune", "schedule"): ("cosine", "constant"),
+    ("finetune", "trainable"): ("all", "cross", "prompt+cross", "cross+projector+llm"),
+    ("finetune", "amp"): ("fp16", "bf16", "none"),
+    ("eval", "task"): ("retrieval", "zeroshot", "captioning", "vqa", "multiple-choice"),
+}
+
+
+def _drop_none(value):
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None and v != {}}
+    return value
+
+
+def _check_type(path: str, value, annotation: str):
+    wants_list = "list" in annotation
+    if isinstance(value, list) and wants_list:
+        for item in value:
+            _check_type(path, item, "int")
+        return
+    if "dict" in annotation:
+        if not isinstance(value, dict):
+            raise CrossGetError(f"recipe key {path} must be a mapping, got {value!r}", "see recipes/ for examples")
+        return
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "str": isinstance(value, str),
+    }
+    kinds = [k for k in ("int", "float", "str") if k in annotation]
+    if value is None and "None" in annotation:
+        return
+    if not any(ok[k] for k in kinds):
+        raise CrossGetError(f"recipe key {path} has a bad value {value!r}", f"expected {annotation}")
+
+
+def _build(cls, section: str, data) -> Any:
+    if not isinstance(data, dict):
+        raise CrossGetError(f"recipe section {section!r} must be a mapping", "see recipes/ for examples")
+    known = {f.name: f for f in fields(cls)}
+    for key, value in data.items():
+        if key not in known:
+            raise CrossGetError(f"unknown recipe key {section}.{key}", f"valid keys in {section}: {', '.join(known)}")
+        _check_type(f"{section}.{key}", value, str(known[key].type))
+        choices = _VALID_CHOICES.get((section, key))
+        if choices and value not in choices:
+            raise CrossGetError(f"recipe key {section}.{key} has a bad value {value!r}", f"choose one of: {', '.join(choices)}")
+    return cls(**data)
+
+
+def recipe_from_dict(data: dict, where: str = "recipe") -> Recipe:
+    if not isinstance(data, dict):
+        raise CrossGetError(f"{where} is not a YAML mapping", "see recipes/ for examples")
+    known = {f.name for f in fields(Recipe)}
+    for key in data:
+        if key not in known:
+            raise CrossGetError(f"unknown recipe key {key!r} in {where}", f"valid top-level keys: {', '.join(sorted(known))}")
+    kwargs = {}
+    for key, value in data.items():
+        if key in _SECTIONS and value is not None:
+            kwargs[key] = _build(_SECTIONS[key], key, value)
+        elif key in ("reference", "provenance") and value is not None and not isinstance(value, dict):
+            raise CrossGetError(f"recipe key {key} must be a mapping", "see recipes/ for examples")
+        else:
+            kwargs[key] = value
+    recipe = Recipe(**kwargs)
+    recipe.reduction.to_config()  # validates r values and method
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise CrossGetError(f"recipe file not found: {path}", "pass the path of a YAML recipe, e.g. recipes/clip_vit_b16_rv16.yaml")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise CrossGetError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}", "fix the YAML syntax") from err
+    return recipe_from_dict(data, where=str(path))
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))

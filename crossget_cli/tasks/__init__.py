@@ -1,0 +1,1 @@
+"""Plain-Python APIs behind the commands: loading, compress/export, profile, reports."""

@@ -1,0 +1,238 @@
+"""``crossget compress`` as a library: load, patch, export; and the exact reverse.
+
+An exported folder holds:
+
+* ``model.safetensors``: every weight, cross tokens included;
+* the model's own config: ``open_clip_config.json`` or transformers' ``config.json``;
+* ``crossget.yaml``: the recipe that made it plus provenance (versions, weights hash);
+* ``report.json``: tokens per layer and GMACs, original and compressed.
+
+It is written to a temporary sibling folder and renamed into place, so a failed
+run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..adapters import find_adapter
+from ..api import patch, reduction_config
+from ..errors import CrossGetError
+from ..recipes import ModelSpec, Recipe, ReductionSpec, load_recipe
+from .loading import LoadedModel, build_openclip, dtype_name, load_model
+
+WEIGHTS_FILE = "model.safetensors"
+RECIPE_FILE = "crossget.yaml"
+REPORT_FILE = "report.json"
+OPENCLIP_CONFIG_FILE = "open_clip_config.json"
+
+
+@dataclass
+class CompressResult:
+    output: Path
+    recipe: Recipe
+    report: dict[str, Any]
+    model: nn.Module
+
+
+def compress(
+    source: str | None = None,
+    output: str | Path | None = None,
+    *,
+    pretrained: str | None = None,
+    recipe: str | Path | Recipe | None = None,
+    vision_r=None,
+    text_r=None,
+    overwrite: bool = False,
+) -> CompressResult:
+    """Load ``source``, patch it with CrossGET and export it to ``output``.
+
+    ``vision_r``/``text_r`` override the recipe's reduction; ``source`` and
+    ``pretrained`` override its model section.
+    """
+    if isinstance(recipe, (str, Path)):
+        recipe = load_recipe(recipe)
+    recipe = recipe or Recipe()
+    source = source or recipe.model.source
+    pretrained = pretrained if pretrained is not None else recipe.model.pretrained
+    if output is None:
+        raise CrossGetError("no output folder given", "pass --output DIR")
+    output = Path(output)
+    check_output(output, overwrite)
+    reduction = replace(
+        recipe.reduction,
+        **{k: v for k, v in {"vision_r": vision_r, "text_r": text_r}.items() if v is not None},
+    )
+    config = reduction.to_config()
+
+    loaded = load_model(source, pretrained)
+    patch(loaded.model, vision_r=config.vision_r, text_r=config.text_r, method=config.method)
+    if loaded.state_dict_extras:
+        _load_cross_tokens(loaded)
+    recipe = replace(recipe, model=replace(recipe.model, source=source, pretrained=pretrained), reduction=reduction, provenance=None)
+    report = build_report(loaded.model)
+    export(loaded, output, recipe, report, overwrite=overwrite)
+    return CompressResult(output, load_recipe(output / RECIPE_FILE), report, loaded.model)
+
+
+def _load_cross_tokens(loaded: LoadedModel) -> None:
+    """Cross tokens of an official CrossGET checkpoint, loaded after patching."""
+    params = dict(loaded.model.named_parameters())
+    for name, value in loaded.state_dict_extras.items():
+        if name not in params:
+            continue
+        if params[name].shape != value.shape:
+            raise CrossGetError(
+                f"checkpoint's {name} has shape {tuple(value.shape)}, the model expects {tuple(params[name].shape)}",
+                "the checkpoint was trained for another model",
+            )
+        with torch.no_grad():
+            params[name].copy_(value)
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    if output.exists() and not overwrite:
+        raise CrossGetError(f"output {output} already exists", "pass --overwrite to replace it, or choose another --output")
+    if output.exists() and not output.is_dir():
+        raise CrossGetError(f"output {output} exists and is not a folder", "choose another --output")
+    parent = output.resolve().parent
+    if not parent.is_dir():
+        raise CrossGetError(f"parent folder {parent} does not exist", "create it first or choose another --output")
+
+
+def build_report(model: nn.Module) -> dict[str, Any]:
+    """Tokens per layer and GMACs of one image and one caption, original and
+    compressed (the compressed model is measured as it is, the original on an
+    unpatched copy)."""
+    from .report import reduction_report
+
+    return reduction_report(model)
+
+
+def export(loaded: LoadedModel, output: Path, recipe: Recipe, report: dict, overwrite: bool = False) -> None:
+    from safetensors.torch import save_model
+
+    model = loaded.model
+    check_output(output, overwrite)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.resolve().parent))
+    try:
+        save_model(model, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "crossget": __version__})
+        if loaded.family == "openclip":
+            config = {"model_cfg": loaded.model_config}
+            preprocess = getattr(model.visual, "preprocess_cfg", None)
+            if preprocess:
+                config["preprocess_cfg"] = dict(preprocess)
+            (tmp / OPENCLIP_CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        else:
+            model.config.save_pretrained(str(tmp))
+        dtype = next(model.parameters()).dtype
+        model_spec = replace(
+            recipe.model,
+            family=find_adapter(model).name,
+            attn_implementation=getattr(getattr(model, "config", None), "_attn_implementation", None),
+            dtype=dtype_name(dtype),
+        )
+        provenance = _provenance(tmp / WEIGHTS_FILE)
+        tokens = report.get("tokens_per_layer") or {}
+        provenance["effective_r"] = {m: [a - b for a, b in zip(c, c[1:])] for m, c in tokens.items()}
+        exported = replace(recipe, model=model_spec, provenance=provenance)
+        config = reduction_config(model)
+        exported = replace(exported, reduction=ReductionSpec(config.method, _plain(config.vision_r), _plain(config.text_r)))
+        from ..recipes import save_recipe
+
+        save_recipe(exported, tmp / RECIPE_FILE)
+        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2))
+        if output.exists():
+            trash = output.with_name(f".{output.name}.old-{tmp.name[-8:]}")
+            output.rename(trash)
+            tmp.rename(output)
+            shutil.rmtree(trash)
+        else:
+            tmp.rename(output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _plain(r):
+    return r if isinstance(r, int) else list(r)
+
+
+def _provenance(weights: Path) -> dict[str, Any]:
+    import open_clip
+    import transformers
+
+    return {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "weights_sha256": sha256(weights),
+        "versions": {
+            "crossget": __version__,
+            "torch": str(torch.__version__),
+            "open_clip": open_clip.__version__,
+            "transformers": transformers.__version__,
+        },
+    }
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_exported(path: str | Path) -> LoadedModel:
+    """Rebuild a folder written by :func:`export`: same architecture, same
+    reduction, same weights, so outputs are bit-identical."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model as load_weights
+
+    path = Path(path)
+    recipe = load_recipe(path / RECIPE_FILE)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CrossGetError(f"{path} has no {WEIGHTS_FILE}", "re-run crossget compress")
+    expected = (recipe.provenance or {}).get("weights_sha256")
+    if expected and sha256(weights) != expected:
+        raise CrossGetError(f"{weights} does not match the hash in {RECIPE_FILE}", "the file is corrupt or was changed; re-export it")
+    spec: ModelSpec = recipe.model
+    if spec.family == "openclip":
+        model_config = json.loads((path / OPENCLIP_CONFIG_FILE).read_text())["model_cfg"]
+        model = build_openclip(model_config)
+    elif spec.family == "hf-clip":
+        model, model_config = _build_hf(path, spec.attn_implementation), None
+    else:
+        raise CrossGetError(f"{path / RECIPE_FILE} names an unknown model family {spec.family!r}", "re-export it with this version")
+    if spec.dtype:
+        from .loading import parse_dtype
+
+        model = model.to(parse_dtype(spec.dtype))
+    config = recipe.reduction.to_config()
+    patch(model, vision_r=config.vision_r, text_r=config.text_r, method=config.method)
+    try:
+        load_weights(model, str(weights), strict=True)
+    except (SafetensorError, RuntimeError, OSError) as err:
+        raise CrossGetError(f"cannot load {weights}: {str(err).splitlines()[0]}", "the file is corrupt; re-export it") from err
+    return LoadedModel(model.eval(), spec.family, str(path), spec.pretrained, model_config)
+
+
+def _build_hf(path: Path, attn_implementation: str | None) -> nn.Module:
+    import transformers
+
+    from .loading import hf_model_class
+
+    config = transformers.AutoConfig.from_pretrained(str(path))
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    return hf_model_class(config)._from_config(config, **kwargs)
