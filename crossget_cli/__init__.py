@@ -9,8 +9,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import is_patched, patch, reduction_config, unpatch
+from .api import is_patched, load, patch, reduction_config, unpatch
 from .config import ReductionConfig
 from .errors import CrossGetError
 
-__all__ = ["CrossGetError", "ReductionConfig", "__version__", "is_patched", "patch", "reduction_config", "unpatch"]
+__all__ = ["CrossGetError", "ReductionConfig", "__version__", "is_patched", "load", "patch", "reduction_config", "unpatch"]

@@ -35,3 +35,11 @@ def is_patched(model: nn.Module) -> bool:
 
 def reduction_config(model: nn.Module) -> ReductionConfig | None:
     return model.__dict__.get(CONFIG_ATTR)
+
+
+def load(source: str, pretrained: str | None = None) -> nn.Module:
+    """Load any ``--model`` string (a ``crossget compress`` folder comes back
+    patched with its cross tokens) and return the model in eval mode."""
+    from .tasks.loading import load_model
+
+    return load_model(source, pretrained).model

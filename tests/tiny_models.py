@@ -50,6 +50,8 @@ def hf_tiny_config(cfg: dict = TINY, **overrides) -> CLIPConfig:
         hidden_act="quick_gelu",
         layer_norm_eps=1e-5,
         eos_token_id=2,  # legacy configs pool at argmax(ids), like OpenAI CLIP
+        bos_token_id=cfg["vocab_size"] - 2,
+        pad_token_id=0,
     )
     vision = dict(
         hidden_size=cfg["vision_width"],
@@ -138,3 +140,30 @@ def random_texts(lengths: list[int], context: int, vocab: int, seed: int = 0) ->
         ids[row, 1 : length - 1] = torch.randint(1, vocab - 2, (length - 2,), generator=gen)
         ids[row, length - 1] = vocab - 1
     return ids
+
+
+def _hf_tower(cls_name: str, modality: str):
+    def build():
+        import transformers
+
+        config = hf_tiny_config(attn_implementation="sdpa")
+        sub = config.vision_config if modality == "vision" else config.text_config
+        if "Projection" in cls_name:
+            sub.projection_dim = config.projection_dim
+        return getattr(transformers, cls_name)._from_config(sub, attn_implementation="sdpa").eval()
+
+    return build
+
+
+# Every registered adapter needs at least one tiny model here (tests sweep them).
+TINY_MODELS = {
+    "openclip": {"openclip-CLIP": openclip_tiny},
+    "hf-clip": {
+        "CLIPModel": hf_tiny,
+        "CLIPModel-eager": lambda: hf_tiny(attn_implementation="eager"),
+        "CLIPVisionModel": _hf_tower("CLIPVisionModel", "vision"),
+        "CLIPVisionModelWithProjection": _hf_tower("CLIPVisionModelWithProjection", "vision"),
+        "CLIPTextModel": _hf_tower("CLIPTextModel", "text"),
+        "CLIPTextModelWithProjection": _hf_tower("CLIPTextModelWithProjection", "text"),
+    },
+}

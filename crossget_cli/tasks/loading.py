@@ -130,16 +130,28 @@ def _load_openclip(name: str, source: str, tag: str | None) -> LoadedModel:
 def _load_hf(model_id: str, source: str) -> LoadedModel:
     import transformers
 
+    from huggingface_hub import constants
+
+    # Cached files first: without a network, asking the hub only costs retries.
+    local_only = True
     try:
-        config = transformers.AutoConfig.from_pretrained(model_id)
+        config = transformers.AutoConfig.from_pretrained(model_id, local_files_only=True)
     except (OSError, ValueError) as err:
-        raise CrossGetError(
-            f"cannot load transformers model {model_id!r}: not a local folder and not in the HF cache",
-            _offline_hint(),
-        ) from err
-    model_class = hf_model_class(config)
+        if constants.HF_HUB_OFFLINE:
+            raise CrossGetError(
+                f"cannot load transformers model {model_id!r}: not a local folder and not in the HF cache", _offline_hint()
+            ) from err
+        local_only = False
+        try:
+            config = transformers.AutoConfig.from_pretrained(model_id)
+        except (OSError, ValueError) as err:
+            raise CrossGetError(
+                f"cannot load transformers model {model_id!r}: not a local folder and not in the HF cache, "
+                f"and the hub did not answer ({_first_line(err)})",
+                _offline_hint(),
+            ) from err
     try:
-        model = model_class.from_pretrained(model_id)
+        model = hf_model_class(config).from_pretrained(model_id, local_files_only=local_only)
     except (OSError, ValueError) as err:
         raise CrossGetError(f"cannot load weights of {model_id!r}: {_first_line(err)}", _offline_hint()) from err
     return LoadedModel(model.eval(), "hf-clip", source)
