@@ -217,3 +217,17 @@ def test_bad_r_is_rejected(bad):
     model = TINY_MODELS["openclip"]["openclip-CLIP"]()
     with pytest.raises(CrossGetError):
         crossget_cli.patch(model, vision_r=bad)
+
+
+@pytest.mark.parametrize("adapter_name", list_adapters())
+def test_torch_compile_matches_eager(adapter_name):
+    model_name = next(iter(TINY_MODELS[adapter_name]))
+    model = _build(adapter_name, model_name)
+    crossget_cli.patch(model, vision_r=3, text_r=2)
+    _randomise_cross(model)
+    adapter = find_adapter(model)
+    images, _ = _inputs(model)
+    with torch.no_grad():
+        eager = adapter.encode_image(model, images)
+        compiled = torch.compile(lambda x: adapter.encode_image(model, x))(images)
+    assert torch.allclose(compiled, eager, atol=1e-4, rtol=0)

@@ -149,3 +149,9 @@ def test_corrupt_export_is_detected(tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(CrossGetError, match="corrupt"):
         load_model(str(tmp_path / "out"))
+
+
+def test_missing_parent_folders_are_created(tmp_path):
+    folder, _ = _openclip_dir(tmp_path)
+    compress(str(folder), tmp_path / "a" / "b" / "out", vision_r=2)
+    assert (tmp_path / "a" / "b" / "out" / "model.safetensors").is_file()

@@ -20,6 +20,10 @@ from .matching import MergePlan, clamp_r, complete_graph_matching, protected_ind
 from .merge import ensemble_merge
 
 
+#: ``torch.profiler.record_function`` label of every reduction step (matching +
+#: merging), so profilers can report the time CrossGET itself costs.
+REDUCE_LABEL = "crossget.reduce"
+
 _TRACE: ContextVar[list | None] = ContextVar("crossget_trace", default=None)
 
 
@@ -106,10 +110,15 @@ class TokenState:
         bias; the guide is the cross token's query (vision) or the EOT's (text).
         """
         n, t, _ = x.shape
-        protected = protected_indices(n, t, self.pooled_idx, x.device)
-        r = clamp_r(r, t, protected.shape[1])
+        r = clamp_r(r, t, 2 if self.pooled_idx is None else 3)
         if r == 0:
             return x
+        with torch.profiler.record_function(REDUCE_LABEL):
+            return self._reduce(x, keys, queries, r)
+
+    def _reduce(self, x: torch.Tensor, keys: torch.Tensor, queries: torch.Tensor, r: int) -> torch.Tensor:
+        n, t, _ = x.shape
+        protected = protected_indices(n, t, self.pooled_idx, x.device)
         rows = torch.arange(n, device=x.device)
         guide = queries[:, -1] if self.pooled_idx is None else queries[rows, self.pooled_idx]
         plan = complete_graph_matching(keys, guide, r, protected)

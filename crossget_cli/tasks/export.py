@@ -106,9 +106,11 @@ def check_output(output: Path, overwrite: bool) -> None:
         raise CrossGetError(f"output {output} already exists", "pass --overwrite to replace it, or choose another --output")
     if output.exists() and not output.is_dir():
         raise CrossGetError(f"output {output} exists and is not a folder", "choose another --output")
-    parent = output.resolve().parent
-    if not parent.is_dir():
-        raise CrossGetError(f"parent folder {parent} does not exist", "create it first or choose another --output")
+    for parent in output.resolve().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CrossGetError(f"{parent} is not a folder", "choose another --output")
+            break
 
 
 def build_report(model: nn.Module) -> dict[str, Any]:
@@ -125,6 +127,7 @@ def export(loaded: LoadedModel, output: Path, recipe: Recipe, report: dict, over
 
     model = loaded.model
     check_output(output, overwrite)
+    output.resolve().parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.resolve().parent))
     try:
         save_model(model, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "crossget": __version__})

@@ -290,6 +290,8 @@ class _MacCounterMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if isinstance(func, torch._ops.HigherOrderOperator):
+            return NotImplemented  # compiled regions etc.: count the uncompiled forward
         if func in _PASSTHROUGH:
             return func(*args, **kwargs)
         formula = _FORMULAS.get(func._overloadpacket)

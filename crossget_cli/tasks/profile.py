@@ -26,7 +26,7 @@ import functools
 import math
 import re
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import product
 from typing import Any, Callable, Mapping, Sequence
@@ -36,7 +36,9 @@ from torch import nn
 
 from ..api import is_patched, patch, unpatch
 from ..errors import CrossGetError
+from ..core.state import REDUCE_LABEL
 from .flops import model_macs
+from .report import tokens_per_layer
 
 __all__ = [
     "DTYPES",
@@ -54,10 +56,8 @@ SCHEMA_VERSION = 1
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
 TOWER_CHOICES = ("both", "image", "text")
-REDUCE_LABEL = "crossget.reduce"
 _FORWARD_LABEL = "crossget.forward"
 
-RValue = "int | tuple[int, ...]"
 Progress = Callable[[int, int, str], None]
 
 
@@ -333,28 +333,6 @@ class ProfileReport:
 # --------------------------------------------------------------------------- helpers
 
 
-def tokens_per_layer(model: nn.Module, adapter=None) -> dict[str, list[int]]:
-    """Tokens entering each block of each tower, plus those leaving the last
-    (``num_layers + 1`` counts). The original model runs without the cross
-    slot; a patched vision tower always carries it; a patched text tower with
-    r = 0 everywhere keeps the original path at inference (SPEC §5)."""
-    from ..adapters import find_adapter
-    from ..adapters.base import uses_reduced_path
-    from ..core import token_schedule
-
-    adapter = adapter or find_adapter(model)
-    patched = is_patched(model)
-    out = {}
-    for tower in adapter.towers(model):
-        layers = tower.num_layers
-        reduced = patched and (tower.modality == "vision" or uses_reduced_path(tower.holder, tower.schedule))
-        if reduced:
-            out[tower.modality] = token_schedule(tower.num_tokens, tower.schedule, tower.num_protected)
-        else:
-            out[tower.modality] = [tower.num_tokens - 1] * (layers + 1)
-    return out
-
-
 def _percentile(sorted_values: list[float], q: float) -> float:
     if len(sorted_values) == 1:
         return sorted_values[0]
@@ -375,31 +353,6 @@ def _stats(times: list[float], items: int) -> tuple[float, float, dict]:
         "max": items / s[0],
     }
     return median, items / median, spread
-
-
-@contextmanager
-def _label_reduce():
-    """Put CrossGET's reduction step under a ``record_function`` label for the
-    duration of a profiled forward, unless the core already labels it (then
-    ``TokenState.REDUCE_LABEL`` names the label)."""
-    from ..core import state
-
-    cls = state.TokenState
-    if getattr(cls, "REDUCE_LABEL", None) == REDUCE_LABEL:
-        yield
-        return
-    original = cls.__dict__["reduce"]
-
-    @functools.wraps(original)
-    def reduce(self, *args, **kwargs):
-        with torch.profiler.record_function(REDUCE_LABEL):
-            return original(self, *args, **kwargs)
-
-    cls.reduce = reduce
-    try:
-        yield
-    finally:
-        cls.reduce = original
 
 
 @contextmanager
@@ -551,9 +504,11 @@ def profile_model(
             torch.cuda.synchronize(device)
 
     encoders = {"image": adapter.encode_image, "text": adapter.encode_text}
-    for variant in variants:
+    eager_calls = {}
+    for i, variant in enumerate(variants):
         for tower in towers:
-            call = functools.partial(encoders[tower], variant.model)
+            call = _encoder_call(encoders[tower], variant.model)
+            eager_calls[i, tower] = call
             variant.calls[tower] = torch.compile(call, dynamic=False) if config.compile else call
 
     examples = {}
@@ -578,7 +533,7 @@ def profile_model(
                     text_gmacs=macs.text_gmacs,
                     gmacs=macs.gmacs,
                     macs_by_kind=kinds,
-                    tokens_per_layer=tokens_per_layer(variant.model, adapter),
+                    tokens_per_layer=tokens_per_layer(variant.model),
                 )
             )
             step(f"MACs {variant.label}")
@@ -605,28 +560,26 @@ def profile_model(
                     step(f"timed {tower} at batch {b}")
 
             # One profiled forward per setting and tower: reduction time, memory.
-            memory_method, matching_method = _methods(cuda, profile_batch)
+            # One profiled (eager) forward per setting and tower: reduction
+            # time and, on CPU, memory; CUDA memory from the timed callable.
+            memory_method, matching_method = _methods(cuda, profile_batch, config.compile)
             for i, variant in enumerate(variants):
+                result, profiled_ms = results[i], {}
                 for tower in towers:
                     x = examples[tower, profile_batch]
-                    result = results[i]
-                    memory, reduce_ms, forward_ms = _profiled_forward(variant.calls[tower], x, cuda, sync, device)
+                    memory, reduce_ms, profiled_ms[tower] = _profiled_forward(
+                        eager_calls[i, tower], variant.calls[tower], x, cuda, sync, device
+                    )
                     result.peak_memory_mb[tower] = memory
                     result.matching_ms[tower] = reduce_ms
-                    result.matching_fraction[tower] = reduce_ms / forward_ms if forward_ms else None
+                    result.matching_fraction[tower] = _div(reduce_ms, profiled_ms[tower])
                     step(f"profiled {tower} of {variant.label}")
+                if len(towers) == 2:
+                    result.matching_ms["pair"] = sum(result.matching_ms[t] for t in towers)
+                    result.matching_fraction["pair"] = _div(result.matching_ms["pair"], sum(profiled_ms.values()))
 
     for i, result in enumerate(results):
         _fill_timing(result, i, times, towers, config.batch_sizes)
-        if len(towers) == 2:
-            ms = [result.matching_ms.get(t) for t in towers]
-            result.matching_ms["pair"] = None if None in ms else sum(ms)
-            fr = [result.matching_fraction.get(t) for t in towers]
-            # fraction of the pair's profiled time, weighting each tower by its time
-            if None in ms or None in fr or any(f == 0 for f in fr):
-                result.matching_fraction["pair"] = 0.0 if all(m == 0 for m in ms if m is not None) else None
-            else:
-                result.matching_fraction["pair"] = sum(ms) / sum(m / f for m, f in zip(ms, fr))
     for result in results:
         result.ratios = _ratios(result, results[0])
 
@@ -647,25 +600,47 @@ def profile_model(
     )
 
 
-def _methods(cuda: bool, batch: int) -> tuple[str, str]:
+def _div(a, b):
+    return None if a is None or b in (None, 0) else a / b
+
+
+def _encoder_call(encode: Callable, model: nn.Module) -> Callable:
+    def call(x: torch.Tensor) -> torch.Tensor:
+        return encode(model, x)
+
+    return call
+
+
+def _methods(cuda: bool, batch: int, compiled: bool) -> tuple[str, str]:
+    eager = " (eager, uncompiled forward)" if compiled else ""
     if cuda:
         memory = (
             f"cuda: torch.cuda.max_memory_allocated() during one forward at batch {batch}, after "
             "reset_peak_memory_stats(), minus memory_allocated() before it (activations and workspaces; weights excluded)"
         )
-        matching = f"device time of the '{REDUCE_LABEL}' record_function ranges in one torch.profiler forward at batch {batch}"
+        matching = (
+            f"device time of the '{REDUCE_LABEL}' record_function ranges (matching + merging) in one torch.profiler "
+            f"forward at batch {batch}{eager}; fraction of that forward's device time"
+        )
     else:
         memory = (
             f"cpu: peak of the running sum of tensor allocations minus frees reported by torch's CPU allocator "
             f"(torch.profiler profile_memory) during one forward at batch {batch}; weights excluded; not the "
-            "process RSS (allocator caching and memory BLAS/oneDNN take outside torch's allocator are not seen)"
+            f"process RSS (allocator caching and memory BLAS/oneDNN take outside torch's allocator are not seen){eager}"
         )
-        matching = f"CPU wall time of the '{REDUCE_LABEL}' record_function ranges in one torch.profiler forward at batch {batch}"
+        matching = (
+            f"CPU wall time of the '{REDUCE_LABEL}' record_function ranges (matching + merging) in one torch.profiler "
+            f"forward at batch {batch}{eager}; fraction of that forward's wall time"
+        )
     return memory, matching
 
 
-def _profiled_forward(call: Callable, x: torch.Tensor, cuda: bool, sync: Callable, device) -> tuple[float | None, float, float]:
-    """(peak memory MB, reduction ms, forward ms) of one forward."""
+def _profiled_forward(
+    call: Callable, timed_call: Callable, x: torch.Tensor, cuda: bool, sync: Callable, device
+) -> tuple[float | None, float, float]:
+    """(peak memory MB, reduction ms, forward ms): the reduction time and the
+    forward time from one profiled run of ``call``; on CUDA the memory from one
+    run of ``timed_call`` (the callable that was timed)."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -674,15 +649,14 @@ def _profiled_forward(call: Callable, x: torch.Tensor, cuda: bool, sync: Callabl
         sync()
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        call(x)
+        timed_call(x)
         sync()
         memory = (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    with _label_reduce():
+    sync()
+    with profile(activities=activities, profile_memory=not cuda) as prof:
+        with record_function(_FORWARD_LABEL):
+            call(x)
         sync()
-        with profile(activities=activities, profile_memory=not cuda) as prof:
-            with record_function(_FORWARD_LABEL):
-                call(x)
-            sync()
     events = prof.events()
     if not cuda:
         peak = _cpu_peak_bytes(prof)
@@ -720,9 +694,7 @@ def _fill_timing(result: RunResult, index: int, times: dict, towers: list[str], 
 
 
 def _ratios(run: RunResult, original: RunResult) -> dict:
-    def div(a, b):
-        return None if a is None or b in (None, 0) else a / b
-
+    div = _div
     return {
         "gmacs": div(run.gmacs, original.gmacs),
         "image_gmacs": div(run.image_gmacs, original.image_gmacs),
