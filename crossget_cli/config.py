@@ -13,7 +13,9 @@ METHODS = ("crossget",)
 MODALITIES = ("vision", "text")
 
 
-def _validate_r(name: str, value: RSpec) -> int | tuple[int, ...]:
+def validate_r(name: str, value: RSpec) -> int | tuple[int, ...]:
+    """An int for every layer or a per-layer tuple; raises :class:`CrossGetError`."""
+
     def check(v) -> int:
         if isinstance(v, bool) or not isinstance(v, int):
             raise CrossGetError(f"{name} must be a non-negative integer, got {v!r}", "pass e.g. 16, or one integer per layer")
@@ -44,8 +46,8 @@ class ReductionConfig:
     method: str = "crossget"
 
     def __post_init__(self):
-        object.__setattr__(self, "vision_r", _validate_r("vision_r", self.vision_r))
-        object.__setattr__(self, "text_r", _validate_r("text_r", self.text_r))
+        object.__setattr__(self, "vision_r", validate_r("vision_r", self.vision_r))
+        object.__setattr__(self, "text_r", validate_r("text_r", self.text_r))
         if self.method not in METHODS:
             raise CrossGetError(f"unknown method {self.method!r}", f"choose one of: {', '.join(METHODS)}")
 
@@ -65,5 +67,9 @@ class ReductionConfig:
         return r
 
     def to_dict(self) -> dict:
-        as_plain = lambda r: r if isinstance(r, int) else list(r)  # noqa: E731
-        return {"method": self.method, "vision_r": as_plain(self.vision_r), "text_r": as_plain(self.text_r)}
+        return {"method": self.method, "vision_r": plain_r(self.vision_r), "text_r": plain_r(self.text_r)}
+
+
+def plain_r(r: int | Sequence[int]) -> int | list[int]:
+    """An r setting as JSON/YAML writes it: an int or a list."""
+    return r if isinstance(r, int) else list(r)

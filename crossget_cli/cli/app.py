@@ -29,7 +29,8 @@ app = typer.Typer(
     add_completion=False,
 )
 
-stdout = Console()
+# Tables are wide: when piped (not a terminal) do not wrap them at 80 columns.
+stdout = Console(width=None if sys.stdout.isatty() else 240)
 stderr = Console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of a table.")]
@@ -145,6 +146,114 @@ def compress(
 
     stdout.print(compress_table(result))
     stderr.print(f"wrote {result.output}")
+
+
+def parse_sweep(option: str, value: Optional[str]):
+    """``"0,4,8"`` -> [0, 4, 8]; a per-layer setting joins its values with
+    ``/`` (``"16,4/4/2/2"`` -> [16, (4, 4, 2, 2)])."""
+    if value is None:
+        return None
+    sweep = []
+    for item in value.split(","):
+        try:
+            numbers = [int(p) for p in item.strip().split("/")]
+        except ValueError:
+            raise CrossGetError(
+                f"{option} must be comma-separated integers (per-layer values joined by '/'), got {value!r}",
+                f"e.g. {option} 0,8,16",
+            )
+        if any(n < 0 for n in numbers):
+            raise CrossGetError(f"{option} must be >= 0, got {value!r}", "r is the number of tokens merged per layer")
+        sweep.append(numbers[0] if len(numbers) == 1 else tuple(numbers))
+    return sweep
+
+
+def parse_ints(option: str, value: str) -> list[int]:
+    try:
+        numbers = [int(p) for p in value.split(",")]
+    except ValueError:
+        raise CrossGetError(f"{option} must be comma-separated integers, got {value!r}", f"e.g. {option} 1,32")
+    if any(n < 1 for n in numbers):
+        raise CrossGetError(f"{option} values must be >= 1, got {value!r}", f"e.g. {option} 1,32")
+    return numbers
+
+
+@app.command()
+@handle_errors
+def profile(
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    vision_r: Annotated[Optional[str], typer.Option("--vision-r", help="Vision r sweep, e.g. 0,4,8,12,16 (per-layer: 4/4/2/2).")] = None,
+    text_r: Annotated[Optional[str], typer.Option("--text-r", help="Text r sweep, e.g. 0,6.")] = None,
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Throughput batch sizes; latency is at batch 1.")] = "1,32",
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
+    dtype: Annotated[str, typer.Option("--dtype", help="fp32, fp16 or bf16.")] = "fp32",
+    threads: Annotated[Optional[int], typer.Option("--threads", help="torch.set_num_threads while profiling.")] = None,
+    compile_: Annotated[bool, typer.Option("--compile", help="Run the encoders through torch.compile.")] = False,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed forwards per setting and batch size.")] = 3,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed forwards per setting and batch size (median reported).")] = 10,
+    towers: Annotated[str, typer.Option("--towers", help="both, image or text.")] = "both",
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of throughput and GMACs against r.")] = None,
+    accuracy: Annotated[
+        Optional[Path], typer.Option("--accuracy", help="JSON mapping run label (e.g. rv16_rl0) to accuracy, for the plot.")
+    ] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the JSON report to this file.")] = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+):
+    """FLOPs, throughput, latency, memory and matching time: original vs CrossGET, over a sweep of r."""
+    from ..api import reduction_config
+    from ..tasks.loading import load_model
+    from ..tasks.profile import ProfileConfig, plot_report, profile_model
+    from .render import profile_table, progress_bar
+
+    vision_sweep, text_sweep = parse_sweep("--vision-r", vision_r), parse_sweep("--text-r", text_r)
+    accuracy_data = _read_json(accuracy, "--accuracy") if accuracy else None
+    loaded = load_model(model, pretrained)
+    current = reduction_config(loaded.model)
+    if vision_sweep is None and text_sweep is None and current is not None:
+        vision_sweep, text_sweep = [current.vision_r], [current.text_r]
+    config = ProfileConfig(
+        vision_r=vision_sweep if vision_sweep is not None else [16] if text_sweep is None else [0],
+        text_r=text_sweep if text_sweep is not None else [6] if vision_sweep is None else [0],
+        batch_sizes=parse_ints("--batch-sizes", batch_sizes),
+        device=device,
+        dtype=dtype,
+        threads=threads,
+        compile=compile_,
+        warmup=warmup,
+        repeats=repeats,
+        towers=towers,
+    )
+    with progress_bar("profiling") as advance:
+        report = profile_model(loaded.model, config, progress=advance, model_name=loaded.source)
+    data = report.to_dict()
+    if output:
+        write_text_atomic(output, json.dumps(data, indent=2, default=str) + "\n")
+    if plot:
+        tmp = plot.with_name(f".{plot.name}.tmp.png")
+        plot_report(report, tmp, accuracy=accuracy_data)
+        os.replace(tmp, plot)
+    if json_out:
+        print_json(data)
+    else:
+        stdout.print(profile_table(data))
+
+
+def _read_json(path: Path, option: str):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CrossGetError(f"{option} file not found: {path}", "check the path")
+    except json.JSONDecodeError as err:
+        raise CrossGetError(f"{option} file {path} is not valid JSON: {err}", "fix the file")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def main() -> None:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from typing import Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 
@@ -25,4 +31,65 @@ def compress_table(result) -> Table:
     for modality, counts in report["tokens_per_layer"].items():
         r = reduction.get(f"{modality}_r")
         table.add_row(f"{modality} tokens/layer (r={r})", "", " ".join(str(c) for c in counts), "")
+    return table
+
+
+@contextlib.contextmanager
+def progress_bar(title: str) -> Iterator[Callable[[int, int, str], None]]:
+    """A Rich progress bar on stderr, fed by ``advance(done, total, description)``;
+    silent when stderr is not a terminal (pipelines, CI)."""
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield lambda done, total, description: None
+        return
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(title, total=None)
+
+        def advance(done: int, total: int, description: str) -> None:
+            bar.update(task, completed=done, total=total, description=f"{title}: {description}")
+
+        yield advance
+
+
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def profile_table(report: dict) -> Table:
+    """One row per run; ratios are to the original (first row)."""
+    title = (
+        f"{report['model']} | {report['device']} {report['dtype']} | {report['threads']} threads | "
+        f"median of {report['repeats']} after {report['warmup']} warm-up"
+    )
+    table = Table(title=title)
+    for header in ("run", "image GMACs", "text GMACs", "pair GMACs", "GMACs ratio"):
+        table.add_column(header, justify="right")
+    towers = report["towers"]
+    batches = [str(b) for b in report["batch_sizes"]]
+    for tower in towers:
+        for b in batches:
+            table.add_column(f"{tower} items/s @{b}", justify="right")
+    for tower in towers:
+        table.add_column(f"{tower} latency ms", justify="right")
+    table.add_column("matching %", justify="right")
+    table.add_column("peak MB", justify="right")
+    for run in report["runs"]:
+        ratios = run.get("ratios") or {}
+        row = [run["label"], _gmacs(run["image_gmacs"]), _gmacs(run["text_gmacs"]), _gmacs(run["gmacs"])]
+        row.append(f"{ratios['gmacs']:.1%}" if ratios.get("gmacs") is not None else "-")
+        for tower in towers:
+            for b in batches:
+                value = run["throughput"].get(tower, {}).get(b)
+                speedup = (ratios.get("throughput") or {}).get(tower, {}).get(b)
+                row.append("-" if value is None else f"{value:.1f} ({_ratio(speedup)})")
+        for tower in towers:
+            value = run["latency_ms"].get(tower)
+            speedup = (ratios.get("latency") or {}).get(tower)
+            row.append("-" if value is None else f"{value:.1f} ({_ratio(speedup)})")
+        fractions = [f for f in (run.get("matching_fraction") or {}).values() if f is not None]
+        row.append(f"{max(fractions):.1%}" if fractions else "-")
+        memory = [m for m in (run.get("peak_memory_mb") or {}).values() if m is not None]
+        row.append(f"{max(memory):.0f}" if memory else "-")
+        table.add_row(*row)
     return table

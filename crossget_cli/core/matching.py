@@ -58,20 +58,20 @@ def clamp_r(r: int, num_tokens: int, num_protected: int) -> int:
 def protected_indices(batch: int, num_tokens: int, pooled_idx: torch.Tensor | None, device) -> torch.Tensor:
     """``[N, P]`` indices never merged: position 0 (CLS/SOT), the last slot (the
     cross token) and, for text, the pooled EOT position ``pooled_idx`` (``[N]``)."""
-    fixed = torch.tensor([0, num_tokens - 1], device=device).expand(batch, 2)
+    # arange rather than torch.tensor: no host-to-device copy on every layer.
+    fixed = torch.arange(0, num_tokens, max(num_tokens - 1, 1), device=device)[:2].expand(batch, -1)
     if pooled_idx is None:
         return fixed
     return torch.cat([fixed, pooled_idx.view(batch, 1).to(device)], dim=1)
 
 
-def _masked_similarity(metric: torch.Tensor, protected: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity ``[N, T, T]``, symmetrised, with the diagonal and the
-    rows and columns of protected tokens set to -inf."""
-    unit = metric / metric.norm(dim=-1, keepdim=True)
+def _masked_similarity(unit: torch.Tensor, protected: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity ``[N, T, T]`` of unit-norm keys, symmetrised, with the
+    diagonal and the rows and columns of protected tokens set to -inf."""
     sim = unit @ unit.transpose(1, 2)
     # Bit-exact where the product was already symmetric; elsewhere it makes the
     # tie-breaks of mutual-best pairs independent of the BLAS kernel (SPEC §1).
-    sim = (sim + sim.transpose(1, 2)) / 2
+    sim = torch.add(sim, sim.transpose(1, 2)).mul_(0.5)
     n, t, _ = sim.shape
     sim.diagonal(dim1=1, dim2=2).fill_(NEG_INF)
     rows = protected[:, :, None].expand(n, protected.shape[1], t)
@@ -100,11 +100,10 @@ def complete_graph_matching(
     important token of the most redundant pair is removed first.
     """
     metric = metric.float()
-    unit_guide = guide.float()
-    unit_guide = unit_guide / unit_guide.norm(dim=-1, keepdim=True)
-    sim = _masked_similarity(metric, protected)
+    guide = guide.float()
     unit = metric / metric.norm(dim=-1, keepdim=True)
-    importance = (unit @ unit_guide[:, :, None])  # [N, T, 1]
+    sim = _masked_similarity(unit, protected)
+    importance = unit @ (guide / guide.norm(dim=-1, keepdim=True))[:, :, None]  # [N, T, 1]
 
     # Rank tokens by their best edge; a token may only pair with tokens ranked
     # after it, so only one member of a mutual-best pair can become a source.
@@ -112,8 +111,8 @@ def complete_graph_matching(
     # break the same way.
     order = sim.max(dim=-1, keepdim=True).values.argsort(dim=1, descending=True)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).view(1, -1, 1).expand_as(order))
-    later = rank.transpose(1, 2) > rank  # [N, T, T]: j ranked after i
-    best_later = sim.masked_fill(~later, NEG_INF).max(dim=-1, keepdim=True).values
+    not_later = rank.transpose(1, 2) <= rank  # [N, T, T]: j ranked at or before i
+    best_later = sim.masked_fill(not_later, NEG_INF).max(dim=-1, keepdim=True).values
     ranked = (importance - best_later).argsort(dim=1)[..., 0]  # [N, T]
 
     src_idx, ranked_keep = ranked[:, :r], ranked[:, r:]

@@ -26,7 +26,7 @@ def merge_sum(values: torch.Tensor, plan: MergePlan) -> torch.Tensor:
 
 def ensemble_merge(
     x: torch.Tensor,
-    sizes: torch.Tensor,
+    sizes: torch.Tensor | None,
     plan: MergePlan,
     token_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -39,7 +39,7 @@ def ensemble_merge(
 
     Args:
         x: ``[N, T, C]`` hidden states in the model dtype.
-        sizes: ``[N, T, 1]`` float32 token sizes.
+        sizes: ``[N, T, 1]`` float32 token sizes, or ``None`` when all are 1.
         plan: the step's :class:`MergePlan`.
         token_ids: optional ``[N, T]`` float32 ids (text), merged as a plain
             size-weighted mean so that argmax keeps finding the protected EOT.
@@ -48,7 +48,11 @@ def ensemble_merge(
         ``(x, sizes, token_ids)`` with ``T - r`` tokens in original order.
     """
     c = x.shape[-1]
-    weighted = x * sizes.to(x.dtype)
+    if sizes is None:
+        sizes = x.new_ones(x.shape[0], x.shape[1], 1, dtype=torch.float32)
+        weighted = x
+    else:
+        weighted = x * sizes.to(x.dtype)
     weight = (2 * plan.weight).to(x.dtype)
     src = weighted.gather(1, _expand(plan.src_idx, c))
     dst = weighted.gather(1, _expand(plan.dst_idx, c))

@@ -124,8 +124,7 @@ class TokenState:
         plan = complete_graph_matching(keys, guide, r, protected)
         if self.trace is not None:
             self.last_plan = plan
-        sizes = self.sizes if self.sizes is not None else x.new_ones(n, t, 1, dtype=torch.float32)
-        x, self.sizes, self.token_ids = ensemble_merge(x, sizes, plan, self.token_ids)
+        x, self.sizes, self.token_ids = ensemble_merge(x, self.sizes, plan, self.token_ids)
         if self.pooled_idx is not None:
             self.pooled_idx = (plan.keep_idx < self.pooled_idx[:, None]).sum(dim=1)
         return x

@@ -28,6 +28,7 @@ from torch import nn
 from .. import __version__
 from ..adapters import find_adapter
 from ..api import patch, reduction_config
+from ..config import plain_r
 from ..errors import CrossGetError
 from ..recipes import ModelSpec, Recipe, ReductionSpec, load_recipe
 from .loading import LoadedModel, build_openclip, dtype_name, load_model
@@ -151,7 +152,7 @@ def export(loaded: LoadedModel, output: Path, recipe: Recipe, report: dict, over
         provenance["effective_r"] = {m: [a - b for a, b in zip(c, c[1:])] for m, c in tokens.items()}
         exported = replace(recipe, model=model_spec, provenance=provenance)
         config = reduction_config(model)
-        exported = replace(exported, reduction=ReductionSpec(config.method, _plain(config.vision_r), _plain(config.text_r)))
+        exported = replace(exported, reduction=ReductionSpec(config.method, plain_r(config.vision_r), plain_r(config.text_r)))
         from ..recipes import save_recipe
 
         save_recipe(exported, tmp / RECIPE_FILE)
@@ -166,10 +167,6 @@ def export(loaded: LoadedModel, output: Path, recipe: Recipe, report: dict, over
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _plain(r):
-    return r if isinstance(r, int) else list(r)
 
 
 def _provenance(weights: Path) -> dict[str, Any]:

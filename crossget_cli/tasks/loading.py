@@ -81,6 +81,8 @@ def load_model(source: str, pretrained: str | None = None) -> LoadedModel:
         if not path.is_file():
             raise CrossGetError(f"checkpoint file not found: {path}", "check the path")
         return load_openai_checkpoint(path, source)
+    if _looks_like_path(source):
+        raise CrossGetError(f"model path not found: {source}", "check the path (hub ids look like org/name)")
     if source.startswith("hf:"):
         return _load_hf(source[3:], source)
     name, tag = source, pretrained
@@ -249,6 +251,10 @@ def load_openai_checkpoint(path: Path, source: str) -> LoadedModel:
             "pass an OpenAI-layout CLIP state dict",
         )
     return LoadedModel(model, "openclip", source, None, config, extras)
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith(("/", "./", "../", "~")) or source.count("/") > 1 or os.sep != "/" and os.sep in source
 
 
 def _first_line(err: BaseException) -> str:

@@ -35,9 +35,11 @@ import torch
 from torch import nn
 
 from ..api import is_patched, patch, unpatch
+from ..config import plain_r, validate_r
 from ..errors import CrossGetError
 from ..core.state import REDUCE_LABEL
 from .flops import model_macs
+from .loading import DTYPES
 from .report import tokens_per_layer
 
 __all__ = [
@@ -53,7 +55,6 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
 TOWER_CHOICES = ("both", "image", "text")
 _FORWARD_LABEL = "crossget.forward"
@@ -62,21 +63,6 @@ Progress = Callable[[int, int, str], None]
 
 
 # --------------------------------------------------------------------------- config
-
-
-def _check_r(name: str, value) -> int | tuple[int, ...]:
-    def one(v) -> int:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise CrossGetError(f"{name} values must be integers, got {v!r}", "e.g. vision_r=[8, 16]")
-        if v < 0:
-            raise CrossGetError(f"{name} must be >= 0, got {v}", "r is the number of tokens merged per layer")
-        return v
-
-    if isinstance(value, (list, tuple)):
-        if not value:
-            raise CrossGetError(f"{name} contains an empty per-layer list", "give one integer per layer, or one integer")
-        return tuple(one(v) for v in value)
-    return one(value)
 
 
 def _sweep(name: str, values) -> tuple:
@@ -88,7 +74,7 @@ def _sweep(name: str, values) -> tuple:
         raise CrossGetError(f"{name} is empty", "give at least one value (0 means no reduction)")
     out = []
     for v in values:
-        v = _check_r(name, v)
+        v = validate_r(name, v)
         if v not in out:
             out.append(v)
     return tuple(out)
@@ -184,10 +170,9 @@ class ProfileConfig:
         return list(product(self.vision_r, self.text_r))
 
     def to_dict(self) -> dict:
-        plain = lambda r: r if isinstance(r, int) else list(r)  # noqa: E731
         return {
-            "vision_r": [plain(r) for r in self.vision_r],
-            "text_r": [plain(r) for r in self.text_r],
+            "vision_r": [plain_r(r) for r in self.vision_r],
+            "text_r": [plain_r(r) for r in self.text_r],
             "batch_sizes": list(self.batch_sizes),
             "device": self.device,
             "dtype": self.dtype,
@@ -200,10 +185,6 @@ class ProfileConfig:
 
 
 # --------------------------------------------------------------------------- report
-
-
-def _plain_r(r):
-    return r if isinstance(r, int) else list(r)
 
 
 def run_label(vision_r, text_r, method: str = "crossget") -> str:
@@ -248,8 +229,8 @@ class RunResult:
         return {
             "label": self.label,
             "method": self.method,
-            "vision_r": _plain_r(self.vision_r),
-            "text_r": _plain_r(self.text_r),
+            "vision_r": plain_r(self.vision_r),
+            "text_r": plain_r(self.text_r),
             "image_gmacs": self.image_gmacs,
             "text_gmacs": self.text_gmacs,
             "gmacs": self.gmacs,
