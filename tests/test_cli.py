@@ -119,3 +119,49 @@ def test_debug_shows_traceback(tmp_path):
     result = runner.invoke(app, ["compress", "-m", str(tmp_path / "nope.pt"), "-o", str(tmp_path / "o"), "--debug"])
     assert result.exit_code == 2
     assert "Traceback" in result.stderr
+
+
+FAST_PROFILE = ["--batch-sizes", "1,2", "--warmup", "0", "--repeats", "1", "--threads", "1"]
+
+
+def test_profile_sweep_json_plot_and_report_file(checkpoint, tmp_path):
+    plot, report = tmp_path / "sweep.png", tmp_path / "report.json"
+    args = ["profile", "-m", str(checkpoint), "--vision-r", "0,4", "--text-r", "0,3", *FAST_PROFILE]
+    result = runner.invoke(app, [*args, "--plot", str(plot), "-o", str(report), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [run["label"] for run in data["runs"]] == ["original", "rv0_rl0", "rv0_rl3", "rv4_rl0", "rv4_rl3"]
+    for run in data["runs"]:
+        for key in ("vision_r", "text_r", "image_gmacs", "text_gmacs", "gmacs", "throughput", "latency_ms", "peak_memory_mb", "ratios"):
+            assert key in run
+        assert run["ratios"]["gmacs"] == pytest.approx(run["gmacs"] / data["runs"][0]["gmacs"])
+    assert data["runs"][3]["tokens_per_layer"]["vision"] == [18, 14, 10, 6, 4]
+    assert json.loads(report.read_text()) == data
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_profile_table(checkpoint):
+    result = runner.invoke(app, ["profile", "-m", str(checkpoint), "--vision-r", "4", "--towers", "image", *FAST_PROFILE])
+    assert result.exit_code == 0, result.output
+    assert "original" in result.stdout and "rv4_rl0" in result.stdout and "image items/s @2" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--device", "tpu"], "unknown device"),
+        (["--batch-sizes", "0"], "--batch-sizes"),
+        (["--vision-r", "4,x"], "--vision-r"),
+        (["--vision-r", "4,-1"], "--vision-r"),
+        (["--dtype", "int8"], "unknown dtype"),
+        (["--towers", "audio"], "unknown towers"),
+        (["--accuracy", "missing.json"], "--accuracy"),
+    ]
+    + ([] if __import__("torch").cuda.is_available() else [(["--device", "cuda"], "CUDA is not available")]),
+)
+def test_profile_bad_input(checkpoint, tmp_path, args, expected):
+    result = runner.invoke(app, ["profile", "-m", str(checkpoint), *FAST_PROFILE, *args, "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    assert not (tmp_path / "r.json").exists()

@@ -10,7 +10,6 @@ the attention bias, the cross-token injection and the reduction step.
 from __future__ import annotations
 
 import contextlib
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -24,7 +23,13 @@ from .merge import ensemble_merge
 #: merging), so profilers can report the time CrossGET itself costs.
 REDUCE_LABEL = "crossget.reduce"
 
-_TRACE: ContextVar[list | None] = ContextVar("crossget_trace", default=None)
+# The active trace, if any. A module global rather than a ContextVar so that
+# torch.compile traces the patched forward without a graph break.
+_active_trace: list | None = None
+
+
+def _current_trace() -> list | None:
+    return _active_trace
 
 
 @contextlib.contextmanager
@@ -34,14 +39,16 @@ def trace_reduction() -> Iterator[list[dict]]:
     Yields a list that receives, per block, a dict with ``modality``
     (``"vision"``/``"text"``), ``layer``, ``x`` (block output ``[N, T, D]``),
     ``sizes``, ``token_ids``, ``cross_in`` and ``plan`` (the :class:`MergePlan`,
-    or ``None``). For inspection and tests; a normal forward pays one lookup.
+    or ``None``). For inspection and tests (not thread-safe, eager mode); a
+    normal forward pays one lookup.
     """
+    global _active_trace
     records: list[dict] = []
-    token = _TRACE.set(records)
+    previous, _active_trace = _active_trace, records
     try:
         yield records
     finally:
-        _TRACE.reset(token)
+        _active_trace = previous
 
 
 @dataclass
@@ -64,7 +71,7 @@ class TokenState:
     pooled_idx: torch.Tensor | None = None
     causal: bool = False
     cross_inputs: list[torch.Tensor] = field(default_factory=list)
-    trace: list[dict] | None = field(default_factory=_TRACE.get)
+    trace: list[dict] | None = field(default_factory=_current_trace)
     last_plan: MergePlan | None = None
 
     @classmethod
