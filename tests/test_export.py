@@ -155,3 +155,30 @@ def test_missing_parent_folders_are_created(tmp_path):
     folder, _ = _openclip_dir(tmp_path)
     compress(str(folder), tmp_path / "a" / "b" / "out", vision_r=2)
     assert (tmp_path / "a" / "b" / "out" / "model.safetensors").is_file()
+
+
+def test_torchscript_checkpoint_like_openai_releases(tmp_path):
+    original = openclip_tiny(OPENAI_TINY)
+    images = torch.randn(1, 3, 32, 32)
+    texts = torch.zeros(1, 16, dtype=torch.long)
+    texts[0, :4] = torch.tensor([62, 5, 9, 63])
+    torch.jit.trace(original, (images, texts), check_trace=False).save(str(tmp_path / "ViT-tiny.pt"))
+    loaded = load_model(str(tmp_path / "ViT-tiny.pt"))
+    _same_outputs(loaded.model, original)
+
+
+def test_open_clip_architecture_with_weights_file(tmp_path):
+    import open_clip
+
+    original = openclip_tiny()
+    cfg = openai_model_config(original.state_dict())
+    cfg["text_cfg"]["heads"] = TINY["transformer_heads"]
+    (tmp_path / "crossget-test-tiny.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "crossget-test-tiny.json")
+    torch.save(original.state_dict(), tmp_path / "weights.pt")
+    loaded = load_model("crossget-test-tiny", pretrained=str(tmp_path / "weights.pt"))
+    _same_outputs(loaded.model, original)
+    random = load_model("openclip:crossget-test-tiny@none")
+    assert not torch.equal(random.model.visual.conv1.weight, original.visual.conv1.weight)
+    with pytest.raises(CrossGetError, match="weights file not found"):
+        load_model("crossget-test-tiny", pretrained=str(tmp_path / "missing.pt"))

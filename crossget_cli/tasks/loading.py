@@ -239,7 +239,8 @@ def build_openclip(model_config: dict) -> nn.Module:
 
 def load_openai_checkpoint(path: Path, source: str) -> LoadedModel:
     state_dict = read_state_dict(path)
-    for key in ("input_resolution", "context_length", "vocab_size"):
+    # Metadata of OpenAI's archives and the causal-mask buffer of traced models.
+    for key in ("input_resolution", "context_length", "vocab_size", "attn_mask"):
         state_dict.pop(key, None)
     config = openai_model_config(state_dict)
     extras = {k: state_dict.pop(k) for k in CROSS_KEYS if k in state_dict}
