@@ -156,7 +156,9 @@ def recipe_from_dict(data: dict, where: str = "recipe") -> Recipe:
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     if not path.is_file():
-        raise CrossGetError(f"recipe file not found: {path}", "pass the path of a YAML recipe, e.g. recipes/clip_vit_b16_rv16.yaml")
+        raise CrossGetError(
+            f"recipe file not found: {path}", "pass the path of a YAML recipe, e.g. recipes/clip_vit_b16_rv16.yaml"
+        )
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

@@ -132,7 +132,17 @@ def test_profile_sweep_json_plot_and_report_file(checkpoint, tmp_path):
     data = json.loads(result.stdout)
     assert [run["label"] for run in data["runs"]] == ["original", "rv0_rl0", "rv0_rl3", "rv4_rl0", "rv4_rl3"]
     for run in data["runs"]:
-        for key in ("vision_r", "text_r", "image_gmacs", "text_gmacs", "gmacs", "throughput", "latency_ms", "peak_memory_mb", "ratios"):
+        for key in (
+            "vision_r",
+            "text_r",
+            "image_gmacs",
+            "text_gmacs",
+            "gmacs",
+            "throughput",
+            "latency_ms",
+            "peak_memory_mb",
+            "ratios",
+        ):
             assert key in run
         assert run["ratios"]["gmacs"] == pytest.approx(run["gmacs"] / data["runs"][0]["gmacs"])
     assert data["runs"][3]["tokens_per_layer"]["vision"] == [18, 14, 10, 6, 4]

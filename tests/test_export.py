@@ -79,7 +79,9 @@ def test_hf_folder_round_trip_keeps_attention_implementation(tmp_path):
     export(loaded, tmp_path / "out", Recipe(), build_report(patched))
     reloaded = load_exported(tmp_path / "out").model
     assert reloaded.config._attn_implementation == "eager"
-    assert torch.equal(reloaded.state_dict()["vision_model.encoder.cross_image"], patched.state_dict()["vision_model.encoder.cross_image"])
+    assert torch.equal(
+        reloaded.state_dict()["vision_model.encoder.cross_image"], patched.state_dict()["vision_model.encoder.cross_image"]
+    )
     _same_outputs(patched, reloaded)
     assert (tmp_path / "out" / "config.json").is_file()
 

@@ -223,7 +223,15 @@ def test_native_mha_self_and_cross_attention():
     with torch.inference_mode():
         _, direct = count_macs(
             torch._native_multi_head_attention,
-            q, k, v, 16, 2, mha.in_proj_weight, mha.in_proj_bias, mha.out_proj.weight, mha.out_proj.bias,
+            q,
+            k,
+            v,
+            16,
+            2,
+            mha.in_proj_weight,
+            mha.in_proj_bias,
+            mha.out_proj.weight,
+            mha.out_proj.bias,
             need_weights=False,
         )
     assert direct == fast

@@ -61,7 +61,6 @@ def test_clamp_and_token_schedule_follow_spec_section_5():
 def _plan(src, dst, keep, weight) -> MergePlan:
     src_t = torch.tensor([src])
     keep_t = torch.tensor([keep])
-    dst_t = torch.tensor([dst])
     slot = torch.tensor([[keep.index(d) for d in dst]])
     return MergePlan(src_t, keep_t, slot, torch.tensor([weight]), keep_t, slot)
 
@@ -104,7 +103,7 @@ def test_hand_worked_matching():
     assert plan.dst_idx.tolist() == [[2]]
     assert plan.keep_idx.tolist() == [[0, 2, 3, 4]]
     unit = torch.nn.functional.normalize
-    a = (unit(metric[0], dim=-1) @ unit(guide[0], dim=-1))
+    a = unit(metric[0], dim=-1) @ unit(guide[0], dim=-1)
     assert torch.allclose(plan.weight[0, 0], torch.softmax(torch.stack([a[1], a[2]]), 0))
 
 

@@ -12,7 +12,6 @@ import crossget_cli
 from crossget_cli.errors import CrossGetError
 from crossget_cli.tasks.flops import model_macs
 from crossget_cli.tasks.profile import (
-    REDUCE_LABEL,
     SCHEMA_VERSION,
     ProfileConfig,
     ProfileReport,

@@ -71,7 +71,9 @@ class _ReducingVisionTower:
         x = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         x = self.pre_layrnorm(x)
         encoder = self.encoder
-        x = run_blocks(append_cross_slot(x), encoder.layers, _block_forward, encoder.crossget_schedule, encoder.cross_image, TokenState())
+        x = run_blocks(
+            append_cross_slot(x), encoder.layers, _block_forward, encoder.crossget_schedule, encoder.cross_image, TokenState()
+        )
         x = x[:, :-1]
         return _output(x, self.post_layernorm(x[:, 0]))
 
@@ -94,7 +96,9 @@ class _ReducingTextTower:
         else:
             pooled_idx = (input_ids == eos).int().argmax(dim=-1)
         state = TokenState.for_text(input_ids, pooled_idx, with_cross_slot=True)
-        x = run_blocks(append_cross_slot(x, pooled_idx), encoder.layers, _block_forward, encoder.crossget_schedule, encoder.cross_text, state)
+        x = run_blocks(
+            append_cross_slot(x, pooled_idx), encoder.layers, _block_forward, encoder.crossget_schedule, encoder.cross_text, state
+        )
         x = self.final_layer_norm(x)
         return _output(x, x[torch.arange(x.shape[0], device=x.device), state.pooled_idx])
 
@@ -161,7 +165,9 @@ class HFClipAdapter(Adapter):
                 name, tokens = "cross_image", module.embeddings.num_positions + 1
             else:
                 name, tokens = "cross_text", module.config.max_position_embeddings + 1
-            towers.append(Tower(modality, module.encoder, name, len(module.encoder.layers), attn.embed_dim, attn.num_heads, tokens))
+            towers.append(
+                Tower(modality, module.encoder, name, len(module.encoder.layers), attn.embed_dim, attn.num_heads, tokens)
+            )
         return towers
 
     def inputs(self, model: nn.Module) -> ModelInputs:
@@ -189,7 +195,6 @@ class HFClipAdapter(Adapter):
         else:
             out = model(input_ids=token_ids)
         return _features(out, "text_embeds")
-
 
     def class_swaps(self, model: nn.Module) -> list[tuple[nn.Module, type]]:
         mixins = {"vision": _ReducingVisionTower, "text": _ReducingTextTower}

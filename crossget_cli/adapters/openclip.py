@@ -53,7 +53,9 @@ def _check_blocks(blocks: nn.Module, where: str) -> tuple[int, int]:
     for block in blocks:
         for part in ("ln_1", "attn", "ln_2", "mlp"):
             if not hasattr(block, part):
-                raise CrossGetError(f"{where}: block {type(block).__name__} has no {part}", "expected open_clip's ResidualAttentionBlock")
+                raise CrossGetError(
+                    f"{where}: block {type(block).__name__} has no {part}", "expected open_clip's ResidualAttentionBlock"
+                )
         if hasattr(block, "ln_1_kv"):
             raise CrossGetError(f"{where}: cross-attention blocks are not supported", "patch the CLIP towers only")
         _check_attention(block.attn, where)
@@ -113,7 +115,14 @@ def _encode_text_reduced(owner: nn.Module, text: torch.Tensor) -> torch.Tensor:
     x = owner.token_embedding(text).to(dtype) + owner.positional_embedding[: text.shape[1]].to(dtype)
     pooled_idx = _pooled_index(owner, text)
     state = TokenState.for_text(text, pooled_idx, with_cross_slot=True)
-    x = run_blocks(append_cross_slot(x, pooled_idx), transformer.resblocks, _block_forward, transformer.crossget_schedule, transformer.cross_text, state)
+    x = run_blocks(
+        append_cross_slot(x, pooled_idx),
+        transformer.resblocks,
+        _block_forward,
+        transformer.crossget_schedule,
+        transformer.cross_text,
+        state,
+    )
     x = owner.ln_final(x)
     pooled = x[torch.arange(x.shape[0], device=x.device), state.pooled_idx]
     projection = owner.text_projection
@@ -161,7 +170,7 @@ class OpenClipAdapter(Adapter):
             visual is not None
             and hasattr(visual, "transformer")
             and hasattr(visual, "conv1")
-            and hasattr(getattr(visual, "transformer"), "resblocks")
+            and hasattr(visual.transformer, "resblocks")
             and _text_owner(model) is not None
         )
 
@@ -204,4 +213,3 @@ class OpenClipAdapter(Adapter):
         owner = _text_owner(model)
         text_swap = (model, _ReducingCLIP) if owner is model else (owner, _ReducingTextTransformer)
         return [(model.visual.transformer, _ReducingVisionTransformer), text_swap]
-

@@ -66,17 +66,17 @@ def handle_errors(command):
             if kwargs.get("debug") or _debug_requested():
                 traceback.print_exc()
             typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
         except Exception as err:  # a bug: say so, keep the traceback for --debug
             if kwargs.get("debug") or _debug_requested():
                 traceback.print_exc()
             else:
                 line = str(err).splitlines()[0] if str(err) else ""
                 typer.echo(f"error: unexpected {type(err).__name__}: {line} (re-run with --debug for the traceback)", err=True)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
 
     return run
 
@@ -89,7 +89,9 @@ def parse_r(option: str, value: Optional[str]):
     try:
         numbers = [int(p) for p in parts]
     except ValueError:
-        raise CrossGetError(f"{option} must be an integer or a comma-separated list of integers, got {value!r}", f"e.g. {option} 16")
+        raise CrossGetError(
+            f"{option} must be an integer or a comma-separated list of integers, got {value!r}", f"e.g. {option} 16"
+        ) from None
     if any(n < 0 for n in numbers):
         raise CrossGetError(f"{option} must be >= 0, got {value!r}", "r is the number of tokens merged per layer")
     return numbers[0] if len(numbers) == 1 else tuple(numbers)
@@ -118,11 +120,17 @@ def main_callback(
 @handle_errors
 def compress(
     model: ModelOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder to write (must not exist, unless --overwrite).")] = None,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Folder to write (must not exist, unless --overwrite).")
+    ] = None,
     pretrained: PretrainedOpt = None,
     recipe: Annotated[Optional[Path], typer.Option("--recipe", "-r", help="YAML recipe (model, reduction).")] = None,
-    vision_r: Annotated[Optional[str], typer.Option("--vision-r", help="Tokens merged per vision layer: 16, or one value per layer 16,16,...")] = None,
-    text_r: Annotated[Optional[str], typer.Option("--text-r", help="Tokens merged per text layer: 6, or one value per layer.")] = None,
+    vision_r: Annotated[
+        Optional[str], typer.Option("--vision-r", help="Tokens merged per vision layer: 16, or one value per layer 16,16,...")
+    ] = None,
+    text_r: Annotated[
+        Optional[str], typer.Option("--text-r", help="Tokens merged per text layer: 6, or one value per layer.")
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -161,7 +169,7 @@ def parse_sweep(option: str, value: Optional[str]):
             raise CrossGetError(
                 f"{option} must be comma-separated integers (per-layer values joined by '/'), got {value!r}",
                 f"e.g. {option} 0,8,16",
-            )
+            ) from None
         if any(n < 0 for n in numbers):
             raise CrossGetError(f"{option} must be >= 0, got {value!r}", "r is the number of tokens merged per layer")
         sweep.append(numbers[0] if len(numbers) == 1 else tuple(numbers))
@@ -172,7 +180,7 @@ def parse_ints(option: str, value: str) -> list[int]:
     try:
         numbers = [int(p) for p in value.split(",")]
     except ValueError:
-        raise CrossGetError(f"{option} must be comma-separated integers, got {value!r}", f"e.g. {option} 1,32")
+        raise CrossGetError(f"{option} must be comma-separated integers, got {value!r}", f"e.g. {option} 1,32") from None
     if any(n < 1 for n in numbers):
         raise CrossGetError(f"{option} values must be >= 1, got {value!r}", f"e.g. {option} 1,32")
     return numbers
@@ -183,7 +191,9 @@ def parse_ints(option: str, value: str) -> list[int]:
 def profile(
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
-    vision_r: Annotated[Optional[str], typer.Option("--vision-r", help="Vision r sweep, e.g. 0,4,8,12,16 (per-layer: 4/4/2/2).")] = None,
+    vision_r: Annotated[
+        Optional[str], typer.Option("--vision-r", help="Vision r sweep, e.g. 0,4,8,12,16 (per-layer: 4/4/2/2).")
+    ] = None,
     text_r: Annotated[Optional[str], typer.Option("--text-r", help="Text r sweep, e.g. 0,6.")] = None,
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Throughput batch sizes; latency is at batch 1.")] = "1,32",
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
@@ -244,9 +254,9 @@ def _read_json(path: Path, option: str):
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise CrossGetError(f"{option} file not found: {path}", "check the path")
+        raise CrossGetError(f"{option} file not found: {path}", "check the path") from None
     except json.JSONDecodeError as err:
-        raise CrossGetError(f"{option} file {path} is not valid JSON: {err}", "fix the file")
+        raise CrossGetError(f"{option} file {path} is not valid JSON: {err}", "fix the file") from None
 
 
 def write_text_atomic(path: Path, text: str) -> None:

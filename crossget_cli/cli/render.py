@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from typing import Callable, Iterator
 
 from rich.console import Console
@@ -42,7 +41,12 @@ def progress_bar(title: str) -> Iterator[Callable[[int, int, str], None]]:
     if not console.is_terminal:
         yield lambda done, total, description: None
         return
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(title, total=None)
 

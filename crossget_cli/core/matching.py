@@ -110,7 +110,9 @@ def complete_graph_matching(
     # The [N, T, 1] layout and the sort calls follow the reference so that ties
     # break the same way.
     order = sim.max(dim=-1, keepdim=True).values.argsort(dim=1, descending=True)
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).view(1, -1, 1).expand_as(order))
+    rank = torch.empty_like(order).scatter_(
+        1, order, torch.arange(order.shape[1], device=order.device).view(1, -1, 1).expand_as(order)
+    )
     not_later = rank.transpose(1, 2) <= rank  # [N, T, T]: j ranked at or before i
     best_later = sim.masked_fill(not_later, NEG_INF).max(dim=-1, keepdim=True).values
     ranked = (importance - best_later).argsort(dim=1)[..., 0]  # [N, T]

@@ -81,7 +81,9 @@ def compress(
     patch(loaded.model, vision_r=config.vision_r, text_r=config.text_r, method=config.method)
     if loaded.state_dict_extras:
         _load_cross_tokens(loaded)
-    recipe = replace(recipe, model=replace(recipe.model, source=source, pretrained=pretrained), reduction=reduction, provenance=None)
+    recipe = replace(
+        recipe, model=replace(recipe.model, source=source, pretrained=pretrained), reduction=reduction, provenance=None
+    )
     report = build_report(loaded.model)
     export(loaded, output, recipe, report, overwrite=overwrite)
     return CompressResult(output, load_recipe(output / RECIPE_FILE), report, loaded.model)
@@ -206,7 +208,9 @@ def load_exported(path: str | Path) -> LoadedModel:
         raise CrossGetError(f"{path} has no {WEIGHTS_FILE}", "re-run crossget compress")
     expected = (recipe.provenance or {}).get("weights_sha256")
     if expected and sha256(weights) != expected:
-        raise CrossGetError(f"{weights} does not match the hash in {RECIPE_FILE}", "the file is corrupt or was changed; re-export it")
+        raise CrossGetError(
+            f"{weights} does not match the hash in {RECIPE_FILE}", "the file is corrupt or was changed; re-export it"
+        )
     spec: ModelSpec = recipe.model
     if spec.family == "openclip":
         model_config = json.loads((path / OPENCLIP_CONFIG_FILE).read_text())["model_cfg"]
@@ -214,7 +218,9 @@ def load_exported(path: str | Path) -> LoadedModel:
     elif spec.family == "hf-clip":
         model, model_config = _build_hf(path, spec.attn_implementation), None
     else:
-        raise CrossGetError(f"{path / RECIPE_FILE} names an unknown model family {spec.family!r}", "re-export it with this version")
+        raise CrossGetError(
+            f"{path / RECIPE_FILE} names an unknown model family {spec.family!r}", "re-export it with this version"
+        )
     if spec.dtype:
         from .loading import parse_dtype
 

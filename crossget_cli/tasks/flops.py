@@ -119,7 +119,7 @@ def _attention_bshd(args, kwargs, out):
 def _native_mha(args, kwargs, out):
     """``nn.MultiheadAttention``'s fast path: packed q/k/v projection, QK^T, AV
     and the output projection, from the input shapes."""
-    query, key, value = args[0], args[1], args[2]
+    query, key = args[0], args[1]
     embed_dim = args[3]
     if query.is_nested:  # padded batches turned into nested tensors
         lengths = [(q.shape[0], k.shape[0]) for q, k in zip(query.unbind(), key.unbind())]
@@ -263,7 +263,12 @@ class MacsCount:
         return 2 * self.total / 1e9
 
     def to_dict(self) -> dict:
-        return {"macs": self.total, "gmacs": self.gmacs, "gflops": self.gflops, "by_kind_gmacs": {k: v / 1e9 for k, v in self.by_kind.items()}}
+        return {
+            "macs": self.total,
+            "gmacs": self.gmacs,
+            "gflops": self.gflops,
+            "by_kind_gmacs": {k: v / 1e9 for k, v in self.by_kind.items()},
+        }
 
 
 def _in_matching(frame) -> bool:

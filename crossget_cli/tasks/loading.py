@@ -118,10 +118,14 @@ def _load_openclip(name: str, source: str, tag: str | None) -> LoadedModel:
     try:
         model = open_clip.create_model(name, pretrained=weights)
     except RuntimeError as err:
-        raise CrossGetError(f"cannot load open_clip {name!r} with pretrained={weights!r}: {_first_line(err)}", _offline_hint()) from err
+        raise CrossGetError(
+            f"cannot load open_clip {name!r} with pretrained={weights!r}: {_first_line(err)}", _offline_hint()
+        ) from err
     except Exception as err:  # hub/network errors come in many types
         if _is_network_error(err):
-            raise CrossGetError(f"cannot download open_clip weights {name}@{weights}: offline or not cached", _offline_hint()) from err
+            raise CrossGetError(
+                f"cannot download open_clip weights {name}@{weights}: offline or not cached", _offline_hint()
+            ) from err
         raise
     config = None if name.startswith("local-dir:") else open_clip.get_model_config(name)
     if config is None:
@@ -185,7 +189,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as err:
         if isinstance(err, CrossGetError):
             raise
-        raise CrossGetError(f"cannot read checkpoint {path}: {_first_line(err)}", "is the file complete and a PyTorch/safetensors checkpoint?") from err
+        raise CrossGetError(
+            f"cannot read checkpoint {path}: {_first_line(err)}", "is the file complete and a PyTorch/safetensors checkpoint?"
+        ) from err
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -198,7 +204,9 @@ def openai_model_config(state_dict: dict[str, torch.Tensor]) -> dict:
     """open_clip model config of an OpenAI-layout ViT CLIP state dict. Heads are
     ``width // 64`` for both towers, as OpenAI's ``build_model`` derives them."""
     if "visual.proj" not in state_dict or "visual.conv1.weight" not in state_dict:
-        raise CrossGetError("checkpoint is not an OpenAI-layout ViT CLIP (no visual.proj / visual.conv1)", "use a ViT CLIP checkpoint")
+        raise CrossGetError(
+            "checkpoint is not an OpenAI-layout ViT CLIP (no visual.proj / visual.conv1)", "use a ViT CLIP checkpoint"
+        )
     vision_width = state_dict["visual.conv1.weight"].shape[0]
     patch = state_dict["visual.conv1.weight"].shape[-1]
     grid = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
@@ -265,7 +273,17 @@ def _first_line(err: BaseException) -> str:
 
 def _is_network_error(err: BaseException) -> bool:
     names = {type(e).__name__ for e in _chain(err)}
-    return bool(names & {"ConnectionError", "LocalEntryNotFoundError", "OfflineModeIsEnabled", "HfHubHTTPError", "ConnectError", "MaxRetryError"})
+    return bool(
+        names
+        & {
+            "ConnectionError",
+            "LocalEntryNotFoundError",
+            "OfflineModeIsEnabled",
+            "HfHubHTTPError",
+            "ConnectError",
+            "MaxRetryError",
+        }
+    )
 
 
 def _chain(err: BaseException | None):

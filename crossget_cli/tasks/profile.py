@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..api import is_patched, patch, unpatch
+from ..api import patch, unpatch
 from ..config import plain_r, validate_r
 from ..errors import CrossGetError
 from ..core.state import REDUCE_LABEL
@@ -89,7 +89,9 @@ def _check_device(device: str) -> str:
     kind, index = match.group(1), match.group(2)
     if kind == "cuda":
         if not torch.cuda.is_available():
-            raise CrossGetError(f"device {device!r} requested but CUDA is not available", "use --device cpu, or install a CUDA build of torch")
+            raise CrossGetError(
+                f"device {device!r} requested but CUDA is not available", "use --device cpu, or install a CUDA build of torch"
+            )
         if index is not None and int(index) >= torch.cuda.device_count():
             raise CrossGetError(
                 f"device {device!r} does not exist ({torch.cuda.device_count()} CUDA device(s))",
@@ -388,7 +390,11 @@ def _cpu_peak_bytes(prof) -> float | None:
     """Peak of the running sum of CPU allocations minus frees that torch's
     allocator reported to the profiler during the profiled region."""
     try:
-        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+        events = [
+            e
+            for e in prof.profiler.kineto_results.events()
+            if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+        ]
     except AttributeError:
         return None
     running = peak = 0
