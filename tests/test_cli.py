@@ -175,3 +175,13 @@ def test_profile_bad_input(checkpoint, tmp_path, args, expected):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+def test_compress_report_holds_a_speed_profile(checkpoint, tmp_path):
+    result = runner.invoke(app, ["compress", "-m", str(checkpoint), "--vision-r", "4", "-o", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 0, result.output
+    profile = json.loads((tmp_path / "out" / "report.json").read_text())["profile"]
+    assert [run["label"] for run in profile["runs"]] == ["original", "rv4_rl0"]
+    assert profile["runs"][1]["latency_ms"]["image"] > 0
+    quiet = runner.invoke(app, ["compress", "-m", str(checkpoint), "--vision-r", "4", "-o", str(tmp_path / "o2"), "--no-speed", "--json"])
+    assert "profile" not in json.loads(quiet.stdout)["report"]

@@ -132,10 +132,13 @@ def compress(
         Optional[str], typer.Option("--text-r", help="Tokens merged per text layer: 6, or one value per layer.")
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
+    speed: Annotated[
+        bool, typer.Option("--speed/--no-speed", help="Add a short batch-1 throughput/latency profile to report.json.")
+    ] = True,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ):
-    """Load a checkpoint, inject CrossGET, and export it with its recipe and a FLOPs report."""
+    """Load a checkpoint, inject CrossGET, and export it with its recipe and a FLOPs/speed report."""
     from ..tasks.export import compress as run_compress
 
     result = run_compress(
@@ -146,6 +149,7 @@ def compress(
         vision_r=parse_r("--vision-r", vision_r),
         text_r=parse_r("--text-r", text_r),
         overwrite=overwrite,
+        measure_speed=speed,
     )
     if json_out:
         print_json({"output": str(result.output), "recipe": result.recipe.to_dict(), "report": result.report})

@@ -27,6 +27,12 @@ def compress_table(result) -> Table:
         b, a = before.get(key), after.get(key)
         ratio = f"{a / b:.1%}" if a is not None and b else "-"
         table.add_row(label, _gmacs(b), _gmacs(a), ratio)
+    speed = (report.get("profile") or {}).get("runs") or []
+    if len(speed) == 2:
+        for tower in ("image", "text"):
+            before, after = speed[0]["latency_ms"].get(tower), speed[1]["latency_ms"].get(tower)
+            if before is not None and after is not None:
+                table.add_row(f"{tower} latency @1 (ms)", f"{before:.1f}", f"{after:.1f}", f"{after / before:.1%}")
     for modality, counts in report["tokens_per_layer"].items():
         r = reduction.get(f"{modality}_r")
         table.add_row(f"{modality} tokens/layer (r={r})", "", " ".join(str(c) for c in counts), "")

@@ -56,11 +56,13 @@ def compress(
     vision_r=None,
     text_r=None,
     overwrite: bool = False,
+    measure_speed: bool = True,
 ) -> CompressResult:
     """Load ``source``, patch it with CrossGET and export it to ``output``.
 
     ``vision_r``/``text_r`` override the recipe's reduction; ``source`` and
-    ``pretrained`` override its model section.
+    ``pretrained`` override its model section. With ``measure_speed`` the report
+    also holds a short ``crossget profile`` run (batch 1, original vs compressed).
     """
     if isinstance(recipe, (str, Path)):
         recipe = load_recipe(recipe)
@@ -84,7 +86,7 @@ def compress(
     recipe = replace(
         recipe, model=replace(recipe.model, source=source, pretrained=pretrained), reduction=reduction, provenance=None
     )
-    report = build_report(loaded.model)
+    report = build_report(loaded.model, measure_speed=measure_speed, model_name=source)
     export(loaded, output, recipe, report, overwrite=overwrite)
     return CompressResult(output, load_recipe(output / RECIPE_FILE), report, loaded.model)
 
@@ -116,13 +118,20 @@ def check_output(output: Path, overwrite: bool) -> None:
             break
 
 
-def build_report(model: nn.Module) -> dict[str, Any]:
+def build_report(model: nn.Module, measure_speed: bool = False, model_name: str | None = None) -> dict[str, Any]:
     """Tokens per layer and GMACs of one image and one caption, original and
     compressed (the compressed model is measured as it is, the original on an
-    unpatched copy)."""
+    unpatched copy); with ``measure_speed``, also the ``crossget profile``
+    report of the two at batch 1 under ``"profile"``."""
+    from .profile import ProfileConfig, profile_model
     from .report import reduction_report
 
-    return reduction_report(model)
+    report = reduction_report(model)
+    if measure_speed:
+        config = reduction_config(model)
+        sweep = ProfileConfig(vision_r=[config.vision_r], text_r=[config.text_r], batch_sizes=[1], warmup=1, repeats=3)
+        report["profile"] = profile_model(model, sweep, model_name=model_name).to_dict()
+    return report
 
 
 def export(loaded: LoadedModel, output: Path, recipe: Recipe, report: dict, overwrite: bool = False) -> None:
