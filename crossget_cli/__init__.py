@@ -12,5 +12,16 @@ __version__ = "0.1.0"
 from .api import is_patched, load, patch, reduction_config, unpatch
 from .config import ReductionConfig
 from .errors import CrossGetError
+from .tasks.losses import clip_losses
 
-__all__ = ["CrossGetError", "ReductionConfig", "__version__", "is_patched", "load", "patch", "reduction_config", "unpatch"]
+__all__ = [
+    "CrossGetError",
+    "clip_losses",
+    "ReductionConfig",
+    "__version__",
+    "is_patched",
+    "load",
+    "patch",
+    "reduction_config",
+    "unpatch",
+]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, ClassVar, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ReductionConfig
@@ -121,6 +122,7 @@ def run_blocks(
         x = state.inject_cross(x, cross[0, layer])
         x = block_forward(block, x, state, r)
         state.record(layer, x)
+    state.publish_cross()
     return x
 
 
@@ -181,6 +183,24 @@ class Adapter:
     def encode_text(self, model: nn.Module, token_ids: torch.Tensor) -> torch.Tensor:
         """Projected text features ``[N, E]`` (not normalised)."""
         raise NotImplementedError
+
+    def cross_norm_and_projection(self, model: nn.Module, modality: str) -> tuple[nn.LayerNorm, torch.Tensor]:
+        """The LayerNorm and the ``[D, E]`` projection that map a tower's cross
+        tokens into the shared embedding space for L_JS (SPEC §4: ``ln_pre`` and
+        ``proj`` for vision, ``ln_final`` and ``text_projection`` for text)."""
+        raise NotImplementedError
+
+    def logit_scale(self, model: nn.Module) -> nn.Parameter:
+        raise NotImplementedError
+
+    def project_cross(self, model: nn.Module, modality: str, tokens: torch.Tensor) -> torch.Tensor:
+        """``[L*N, D]`` cross tokens -> ``[L*N, E]``, with the norm's affine and
+        the projection detached, so L_JS trains only the cross tokens."""
+        norm, projection = self.cross_norm_and_projection(model, modality)
+        weight = None if norm.weight is None else norm.weight.detach()
+        bias = None if norm.bias is None else norm.bias.detach()
+        normed = F.layer_norm(tokens, norm.normalized_shape, weight, bias, norm.eps)
+        return normed @ projection.detach()
 
     def apply(self, model: nn.Module, config: ReductionConfig) -> nn.Module:
         """Patch ``model`` in place. Patching again reconfigures: the classes are

@@ -196,6 +196,20 @@ class HFClipAdapter(Adapter):
             out = model(input_ids=token_ids)
         return _features(out, "text_embeds")
 
+    def cross_norm_and_projection(self, model: nn.Module, modality: str) -> tuple[nn.LayerNorm, torch.Tensor]:
+        tower = dict((m, module) for m, module in _find_towers(model))[modality]
+        name = "visual_projection" if modality == "vision" else "text_projection"
+        projection = getattr(model, name, None)
+        if projection is None:
+            raise CrossGetError(f"{type(model).__name__} has no {name}", "L_JS needs a model with projections, e.g. CLIPModel")
+        norm = tower.pre_layrnorm if modality == "vision" else tower.final_layer_norm
+        return norm, projection.weight.t()
+
+    def logit_scale(self, model: nn.Module) -> nn.Parameter:
+        if not hasattr(model, "logit_scale"):
+            raise CrossGetError(f"{type(model).__name__} has no logit_scale", "the contrastive loss needs CLIPModel")
+        return model.logit_scale
+
     def class_swaps(self, model: nn.Module) -> list[tuple[nn.Module, type]]:
         mixins = {"vision": _ReducingVisionTower, "text": _ReducingTextTower}
         return [(module, mixins[modality]) for modality, module in _find_towers(model)]

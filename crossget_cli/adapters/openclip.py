@@ -209,6 +209,16 @@ class OpenClipAdapter(Adapter):
     def encode_text(self, model: nn.Module, token_ids: torch.Tensor) -> torch.Tensor:
         return model.encode_text(token_ids)
 
+    def cross_norm_and_projection(self, model: nn.Module, modality: str) -> tuple[nn.LayerNorm, torch.Tensor]:
+        if modality == "vision":
+            return model.visual.ln_pre, model.visual.proj
+        owner = _text_owner(model)
+        projection = owner.text_projection
+        return owner.ln_final, projection.weight.t() if isinstance(projection, nn.Linear) else projection
+
+    def logit_scale(self, model: nn.Module) -> nn.Parameter:
+        return model.logit_scale
+
     def class_swaps(self, model: nn.Module) -> list[tuple[nn.Module, type]]:
         owner = _text_owner(model)
         text_swap = (model, _ReducingCLIP) if owner is model else (owner, _ReducingTextTransformer)

@@ -2,14 +2,18 @@
 
 from .matching import MergePlan, clamp_r, complete_graph_matching, protected_indices, token_schedule
 from .merge import ensemble_merge, merge_sum
-from .state import TokenState, trace_reduction
+from .losses import contrastive_loss, js_loss
+from .state import TokenState, collect_cross_tokens, trace_reduction
 
 __all__ = [
     "MergePlan",
     "TokenState",
     "clamp_r",
+    "collect_cross_tokens",
+    "contrastive_loss",
     "complete_graph_matching",
     "ensemble_merge",
+    "js_loss",
     "merge_sum",
     "protected_indices",
     "token_schedule",

@@ -51,6 +51,31 @@ def trace_reduction() -> Iterator[list[dict]]:
         _active_trace = previous
 
 
+# Cross tokens injected by patched towers while `collect_cross_tokens` is active.
+_active_cross: dict | None = None
+
+
+def _current_cross() -> dict | None:
+    return _active_cross
+
+
+@contextlib.contextmanager
+def collect_cross_tokens() -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Collect the cross tokens each patched tower injects, for L_JS (SPEC §4).
+
+    Yields ``{"vision": [...], "text": [...]}``: one ``[L*N, D]`` tensor per
+    tower forward, layer-major (the rows of layer 0 first), with gradients to the
+    cross-token parameters.
+    """
+    global _active_cross
+    collected: dict[str, list[torch.Tensor]] = {"vision": [], "text": []}
+    previous, _active_cross = _active_cross, collected
+    try:
+        yield collected
+    finally:
+        _active_cross = previous
+
+
 @dataclass
 class TokenState:
     """Bookkeeping for one forward of one tower, batch-first.
@@ -136,13 +161,23 @@ class TokenState:
             self.pooled_idx = (plan.keep_idx < self.pooled_idx[:, None]).sum(dim=1)
         return x
 
+    @property
+    def modality(self) -> str:
+        return "text" if self.causal else "vision"
+
+    def publish_cross(self) -> None:
+        """Hand the injected cross tokens to an active :func:`collect_cross_tokens`."""
+        sink = _current_cross()
+        if sink is not None and self.cross_inputs:
+            sink[self.modality].append(torch.cat(self.cross_inputs))
+
     def record(self, layer: int, x: torch.Tensor) -> None:
         """Append one block's outcome to the active trace (no-op without one)."""
         if self.trace is None:
             return
         self.trace.append(
             {
-                "modality": "text" if self.causal else "vision",
+                "modality": self.modality,
                 "layer": layer,
                 "x": x.detach(),
                 "sizes": None if self.sizes is None else self.sizes.detach(),
