@@ -151,6 +151,9 @@ def export(loaded: LoadedModel, output: Path, recipe: Recipe, report: dict, over
             (tmp / OPENCLIP_CONFIG_FILE).write_text(json.dumps(config, indent=2))
         else:
             model.config.save_pretrained(str(tmp))
+            for preprocessor in (loaded.tokenizer, loaded.image_processor):
+                if preprocessor is not None:
+                    preprocessor.save_pretrained(str(tmp))
         dtype = next(model.parameters()).dtype
         model_spec = replace(
             recipe.model,
@@ -221,11 +224,18 @@ def load_exported(path: str | Path) -> LoadedModel:
             f"{weights} does not match the hash in {RECIPE_FILE}", "the file is corrupt or was changed; re-export it"
         )
     spec: ModelSpec = recipe.model
+    tokenizer = processor = None
     if spec.family == "openclip":
-        model_config = json.loads((path / OPENCLIP_CONFIG_FILE).read_text())["model_cfg"]
+        saved = json.loads((path / OPENCLIP_CONFIG_FILE).read_text())
+        model_config = saved["model_cfg"]
         model = build_openclip(model_config)
+        if "preprocess_cfg" in saved:
+            model.visual.preprocess_cfg = saved["preprocess_cfg"]
     elif spec.family == "hf-clip":
+        from .loading import hf_preprocessors
+
         model, model_config = _build_hf(path, spec.attn_implementation), None
+        tokenizer, processor = hf_preprocessors(str(path))
     else:
         raise CrossGetError(
             f"{path / RECIPE_FILE} names an unknown model family {spec.family!r}", "re-export it with this version"
@@ -240,7 +250,9 @@ def load_exported(path: str | Path) -> LoadedModel:
         load_weights(model, str(weights), strict=True)
     except (SafetensorError, RuntimeError, OSError) as err:
         raise CrossGetError(f"cannot load {weights}: {str(err).splitlines()[0]}", "the file is corrupt; re-export it") from err
-    return LoadedModel(model.eval(), spec.family, str(path), spec.pretrained, model_config)
+    return LoadedModel(
+        model.eval(), spec.family, str(path), spec.pretrained, model_config, tokenizer=tokenizer, image_processor=processor
+    )
 
 
 def _build_hf(path: Path, attn_implementation: str | None) -> nn.Module:

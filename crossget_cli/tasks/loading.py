@@ -50,6 +50,8 @@ class LoadedModel:
     pretrained: str | None = None
     model_config: dict | None = None
     state_dict_extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    tokenizer: Any = None  # transformers tokenizer saved with an HF model, if any
+    image_processor: Any = None  # transformers image processor saved with an HF model, if any
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -160,7 +162,22 @@ def _load_hf(model_id: str, source: str) -> LoadedModel:
         model = hf_model_class(config).from_pretrained(model_id, local_files_only=local_only)
     except (OSError, ValueError) as err:
         raise CrossGetError(f"cannot load weights of {model_id!r}: {_first_line(err)}", _offline_hint()) from err
-    return LoadedModel(model.eval(), "hf-clip", source)
+    tokenizer, processor = hf_preprocessors(model_id, local_only)
+    return LoadedModel(model.eval(), "hf-clip", source, tokenizer=tokenizer, image_processor=processor)
+
+
+def hf_preprocessors(model_id: str, local_only: bool = True):
+    """The tokenizer and image processor saved with a transformers model, each
+    ``None`` when there is none (a vision- or text-only model, or bare weights)."""
+    import transformers
+
+    found = []
+    for auto in (transformers.AutoTokenizer, transformers.AutoImageProcessor):
+        try:
+            found.append(auto.from_pretrained(model_id, local_files_only=local_only))
+        except Exception:  # absent files surface later, as a clear error where they are needed
+            found.append(None)
+    return tuple(found)
 
 
 def hf_model_class(config) -> type:
