@@ -167,3 +167,79 @@ TINY_MODELS = {
         "CLIPTextModelWithProjection": _hf_tower("CLIPTextModelWithProjection", "text"),
     },
 }
+
+
+# -- tiny models with CLIP's real BPE vocabulary, for end-to-end evaluation ---------
+
+BPE_TINY = dict(TINY, vocab_size=49408)
+
+
+def save_openclip_folder(folder, cfg: dict = BPE_TINY, seed: int = 0):
+    """A tiny open_clip model saved as open_clip saves one (``open_clip_config.json``
+    + ``open_clip_model.safetensors``); returns the in-memory model."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = openclip_tiny(cfg)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model_cfg = {
+        "embed_dim": cfg["embed_dim"],
+        "quick_gelu": True,
+        "vision_cfg": {
+            "image_size": cfg["image_resolution"],
+            "layers": cfg["vision_layers"],
+            "width": cfg["vision_width"],
+            "patch_size": cfg["vision_patch_size"],
+        },
+        "text_cfg": {
+            "context_length": cfg["context_length"],
+            "vocab_size": cfg["vocab_size"],
+            "width": cfg["transformer_width"],
+            "heads": cfg["transformer_heads"],
+            "layers": cfg["transformer_layers"],
+        },
+    }
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
+    save_file(model.state_dict(), str(folder / "open_clip_model.safetensors"))
+    return model
+
+
+def clip_bpe_tokenizer(folder):
+    """A transformers ``CLIPTokenizer`` built offline from open_clip's copy of
+    CLIP's BPE vocabulary, saved into ``folder``."""
+    import json
+    from pathlib import Path
+
+    from open_clip.tokenizer import SimpleTokenizer
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe = SimpleTokenizer()
+    names = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    (folder / "vocab.json").write_text(json.dumps({names.get(k, k): v for k, v in bpe.encoder.items()}))
+    merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    tokenizer.save_pretrained(str(folder))
+    return tokenizer
+
+
+def save_hf_folder(folder, cfg: dict = BPE_TINY, seed: int = 0):
+    """A tiny ``CLIPModel`` with tokenizer and image processor, saved with
+    ``save_pretrained`` as a hub checkpoint is."""
+    from transformers import CLIPImageProcessor
+
+    torch.manual_seed(seed)
+    config = hf_tiny_config(cfg, attn_implementation="sdpa")
+    config.text_config.bos_token_id, config.text_config.eos_token_id = 49406, 49407
+    model = CLIPModel(config).eval()
+    model.save_pretrained(str(folder))
+    clip_bpe_tokenizer(folder)
+    size = cfg["image_resolution"]
+    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(str(folder))
+    return model

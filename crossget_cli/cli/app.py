@@ -254,6 +254,75 @@ def profile(
         stdout.print(profile_table(data))
 
 
+@app.command("eval")
+@handle_errors
+def eval_command(
+    model: Annotated[
+        list[str],
+        typer.Option("--model", "-m", help="Model to evaluate; repeat to compare (the first is the reference for deltas)."),
+    ],
+    task: Annotated[str, typer.Option("--task", "-t", help="retrieval, zeroshot, captioning or vqa.")],
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Karpathy/BLIP JSON, CSV/JSONL, ImageFolder, VQAv2 questions JSON, or an HF datasets name/folder.",
+        ),
+    ],
+    pretrained: PretrainedOpt = None,
+    image_root: Annotated[
+        Optional[str], typer.Option("--image-root", help="Folder the data's image paths are relative to.")
+    ] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="Split to evaluate (default: test).")] = None,
+    image_column: Annotated[str, typer.Option("--image-column", help="Image column (CSV/JSONL/HF datasets).")] = "image",
+    caption_column: Annotated[str, typer.Option("--caption-column", help="Caption column (CSV/JSONL/HF datasets).")] = "caption",
+    label_column: Annotated[str, typer.Option("--label-column", help="Label column (zeroshot).")] = "label",
+    classnames: Annotated[
+        Optional[str], typer.Option("--classnames", help="File with one class name per line (zeroshot).")
+    ] = None,
+    templates: Annotated[
+        str, typer.Option("--templates", help="Zero-shot prompts: openai-imagenet, simple, or a file with one template per line.")
+    ] = "openai-imagenet",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images/texts per forward.")] = 64,
+    num_workers: Annotated[int, typer.Option("--num-workers", help="DataLoader worker processes for images.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
+    dtype: Annotated[str, typer.Option("--dtype", help="fp32, fp16 or bf16.")] = "fp32",
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate only the first N images (quick runs).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the JSON report to this file.")] = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+):
+    """Evaluate one or more models (original and compressed) on retrieval or zero-shot classification."""
+    from ..tasks.evaluation import EvalConfig, evaluate
+    from .render import eval_table, progress_bar
+
+    config = EvalConfig(
+        task=task,
+        data=data,
+        image_root=image_root,
+        split=split,
+        image_column=image_column,
+        caption_column=caption_column,
+        label_column=label_column,
+        classnames=classnames,
+        templates=templates,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        dtype=dtype,
+        limit=limit,
+    )
+    with progress_bar("evaluating") as advance:
+        report = evaluate(model, config, pretrained=pretrained, progress=lambda what, done, total: advance(done, total, what))
+    if output:
+        write_text_atomic(output, json.dumps(report, indent=2) + "\n")
+    if json_out:
+        print_json(report)
+    else:
+        stdout.print(eval_table(report))
+
+
 def _read_json(path: Path, option: str):
     try:
         return json.loads(path.read_text())

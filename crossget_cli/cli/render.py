@@ -103,3 +103,22 @@ def profile_table(report: dict) -> Table:
         row.append(f"{max(memory):.0f}" if memory else "-")
         table.add_row(*row)
     return table
+
+
+def eval_table(report: dict) -> Table:
+    """One row per model, one column per metric; later models show their delta."""
+    task = report["task"]
+    results = report["results"][task]
+    deltas = report["deltas"][task]
+    metrics = list(next(iter(results.values())))
+    table = Table(title=f"{task} on {report['config']['data']} ({report['num_items']} items)")
+    table.add_column("model")
+    for metric in metrics:
+        table.add_column(metric, justify="right")
+    for label, scores in results.items():
+        row = [label]
+        for metric in metrics:
+            delta = deltas.get(label, {}).get(metric)
+            row.append(f"{scores[metric]:.2f}" + ("" if delta is None else f" ({delta:+.2f})"))
+        table.add_row(*row)
+    return table

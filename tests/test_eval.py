@@ -1,0 +1,191 @@
+"""``crossget eval`` end to end on small real files, against features computed
+independently with each library's own preprocessing and tokenizer."""
+
+from __future__ import annotations
+
+import json
+
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import crossget_cli
+from crossget_cli.cli.app import app
+from crossget_cli.tasks.retrieval import retrieval_recall
+from test_retrieval import _brute_force
+from tiny_models import BPE_TINY, save_hf_folder, save_openclip_folder
+
+runner = CliRunner()
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
+RGB = {
+    "red": (220, 20, 20),
+    "green": (20, 200, 40),
+    "blue": (30, 30, 220),
+    "yellow": (240, 230, 30),
+    "purple": (140, 30, 160),
+    "orange": (250, 140, 0),
+}
+
+
+@pytest.fixture(scope="module")
+def flickr(tmp_path_factory):
+    """Six images (JPEG and PNG) with two captions each, Karpathy-style JSON."""
+    root = tmp_path_factory.mktemp("flickr")
+    images = []
+    for i, colour in enumerate(COLOURS):
+        name = f"{colour}.{'jpg' if i % 2 == 0 else 'png'}"
+        picture = Image.new("RGB", (40, 48), RGB[colour])
+        picture.paste((255, 255, 255), (5 * i, 5, 5 * i + 10, 20))
+        picture.save(root / name)
+        images.append(
+            {
+                "filename": name,
+                "split": "test",
+                "sentences": [{"raw": f"a {colour} square."}, {"raw": f"a picture that is mostly {colour}"}],
+            }
+        )
+    images.append({"filename": "red.jpg", "split": "train", "sentences": [{"raw": "ignored"}]})
+    (root / "dataset_flickr30k.json").write_text(json.dumps({"images": images}))
+    return root
+
+
+def _independent_openclip_recall(model, root):
+    preprocess = open_clip.image_transform(BPE_TINY["image_resolution"], is_train=False)
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=BPE_TINY["context_length"])
+    names = [f"{c}.{'jpg' if i % 2 == 0 else 'png'}" for i, c in enumerate(COLOURS)]
+    captions = [t for c in COLOURS for t in (f"a {c} square.", f"a picture that is mostly {c}")]
+    owner = [i for i in range(len(COLOURS)) for _ in range(2)]
+    with torch.no_grad():
+        images = torch.stack([preprocess(Image.open(root / n).convert("RGB")) for n in names])
+        image_features = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
+        text_features = torch.nn.functional.normalize(model.encode_text(tokenizer(captions)), dim=-1)
+    return image_features, text_features, owner
+
+
+def test_retrieval_openclip_original_and_compressed(flickr, tmp_path):
+    model = save_openclip_folder(tmp_path / "tiny")
+    compressed = runner.invoke(
+        app,
+        [
+            "compress",
+            "-m",
+            str(tmp_path / "tiny"),
+            "--vision-r",
+            "4",
+            "--text-r",
+            "3",
+            "-o",
+            str(tmp_path / "small"),
+            "--no-speed",
+        ],
+    )
+    assert compressed.exit_code == 0, compressed.output
+    args = ["eval", "-m", str(tmp_path / "tiny"), "-m", str(tmp_path / "small"), "--task", "retrieval"]
+    result = runner.invoke(
+        app, [*args, "--data", str(flickr / "dataset_flickr30k.json"), "--image-root", str(flickr), "--batch-size", "4", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    original, small = (report["results"]["retrieval"][str(tmp_path / name)] for name in ("tiny", "small"))
+
+    image_features, text_features, owner = _independent_openclip_recall(model, flickr)
+    for k in (1, 5, 10):
+        txt, img = _brute_force(image_features, text_features, owner, k)
+        assert original[f"txt_r{k}"] == pytest.approx(txt)
+        assert original[f"img_r{k}"] == pytest.approx(img)
+
+    patched = crossget_cli.load(str(tmp_path / "small"))
+    image_features, text_features, owner = _independent_openclip_recall(patched, flickr)
+    assert small == pytest.approx(retrieval_recall(image_features, text_features, owner))
+    delta = report["deltas"]["retrieval"][str(tmp_path / "small")]
+    assert delta["r_mean"] == pytest.approx(small["r_mean"] - original["r_mean"])
+    assert report["num_items"] == len(COLOURS)
+
+
+def test_retrieval_hf_uses_its_processor_and_tokenizer(flickr, tmp_path):
+    model = save_hf_folder(tmp_path / "hf")
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "-m",
+            str(tmp_path / "hf"),
+            "-t",
+            "retrieval",
+            "-d",
+            str(flickr / "dataset_flickr30k.json"),
+            "--image-root",
+            str(flickr),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)["results"]["retrieval"][str(tmp_path / "hf")]
+
+    from transformers import CLIPImageProcessor, CLIPTokenizer
+
+    processor = CLIPImageProcessor.from_pretrained(str(tmp_path / "hf"))
+    tokenizer = CLIPTokenizer.from_pretrained(str(tmp_path / "hf"))
+    names = [f"{c}.{'jpg' if i % 2 == 0 else 'png'}" for i, c in enumerate(COLOURS)]
+    captions = [t for c in COLOURS for t in (f"a {c} square.", f"a picture that is mostly {c}")]
+    with torch.no_grad():
+        pixels = processor(images=[Image.open(flickr / n).convert("RGB") for n in names], return_tensors="pt")["pixel_values"]
+        ids = tokenizer(captions, padding="max_length", max_length=16, return_tensors="pt")["input_ids"]
+        image_features = torch.nn.functional.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+        text_features = torch.nn.functional.normalize(model.get_text_features(input_ids=ids).pooler_output, dim=-1)
+    assert scores == pytest.approx(retrieval_recall(image_features, text_features, [i for i in range(6) for _ in range(2)]))
+
+
+def test_zeroshot_imagefolder(tmp_path):
+    model = save_openclip_folder(tmp_path / "tiny")
+    root = tmp_path / "folder"
+    for colour in COLOURS[:3]:
+        (root / colour).mkdir(parents=True)
+        for j in range(2):
+            Image.new("RGB", (32, 32), tuple(max(0, v - 40 * j) for v in RGB[colour])).save(root / colour / f"{j}.png")
+    templates = tmp_path / "templates.txt"
+    templates.write_text("a photo of a {}.\na {} thing.\n")
+    result = runner.invoke(
+        app, ["eval", "-m", str(tmp_path / "tiny"), "-t", "zeroshot", "-d", str(root), "--templates", str(templates), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)["results"]["zeroshot"][str(tmp_path / "tiny")]
+
+    preprocess = open_clip.image_transform(32, is_train=False)
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=16)
+    with torch.no_grad():
+        classes = []
+        for colour in COLOURS[:3]:
+            emb = torch.nn.functional.normalize(
+                model.encode_text(tokenizer([f"a photo of a {colour}.", f"a {colour} thing."])), dim=-1
+            )
+            mean = emb.mean(0)
+            classes.append(mean / mean.norm())
+        images = torch.stack(
+            [preprocess(Image.open(root / c / f"{j}.png").convert("RGB")) for c in COLOURS[:3] for j in range(2)]
+        )
+        logits = torch.nn.functional.normalize(model.encode_image(images), dim=-1) @ torch.stack(classes).t()
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert scores["top1"] == pytest.approx(100.0 * (logits.argmax(1) == labels).float().mean().item())
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["-t", "translation"], "unknown task"),
+        (["-t", "retrieval", "-d", "missing.json"], "missing.json"),
+        (["-t", "captioning"], "generates text"),
+        (["-t", "retrieval", "--batch-size", "0"], "batch_size"),
+    ],
+)
+def test_eval_bad_input(flickr, tmp_path, args, expected):
+    save_openclip_folder(tmp_path / "tiny")
+    base = ["eval", "-m", str(tmp_path / "tiny"), "--image-root", str(flickr)]
+    if "-d" not in args:
+        args = [*args, "-d", str(flickr / "dataset_flickr30k.json")]
+    result = runner.invoke(app, [*base, *args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
