@@ -189,3 +189,116 @@ def test_eval_bad_input(flickr, tmp_path, args, expected):
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+METRICS = __import__("pathlib").Path(__file__).parent / "data" / "metrics"
+
+
+def test_captioning_predictions_match_the_coco_caption_code(tmp_path):
+    """Scores of a COCO results file against Karpathy-style references equal
+    pycocoevalcap's on the same captions (recorded in tests/data/metrics)."""
+    fixture = json.loads((METRICS / "coco_captions_input.json").read_text())
+    expected = json.loads((METRICS / "coco_captions_expected.json").read_text())["scores"]
+    images = [
+        {"filename": f"{image_id}.jpg", "cocoid": int(image_id), "split": "test", "sentences": [{"raw": r} for r in refs]}
+        for image_id, refs in fixture["refs"].items()
+    ]
+    for image in images:
+        Image.new("RGB", (8, 8)).save(tmp_path / image["filename"])
+    (tmp_path / "karpathy.json").write_text(json.dumps({"images": images}))
+    results = [{"image_id": int(i), "caption": c} for i, c in fixture["hyps"].items()]
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "-t",
+            "captioning",
+            "-d",
+            str(tmp_path / "karpathy.json"),
+            "--predictions",
+            str(tmp_path / "results.json"),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    scores = report["results"]["captioning"][str(tmp_path / "results.json")]
+    for metric in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"):
+        assert scores[metric] == pytest.approx(expected[metric], abs=1e-9), metric
+    if "METEOR" not in scores:
+        assert any("METEOR and SPICE skipped" in note for note in report["notes"])
+        assert "note: METEOR and SPICE skipped" in result.stderr
+
+
+def test_vqa_predictions_match_the_official_code(tmp_path):
+    fixture = json.loads((METRICS / "vqa_official_expected.json").read_text())
+    annotations = fixture["annotations"]
+    records = annotations["annotations"] if isinstance(annotations, dict) else annotations
+    questions = {
+        "data_subtype": "val2014",
+        "questions": [{"question_id": r["question_id"], "image_id": r["image_id"], "question": "what?"} for r in records],
+    }
+    for r in records:
+        Image.new("RGB", (8, 8)).save(tmp_path / f"COCO_val2014_{r['image_id']:012d}.jpg")
+    (tmp_path / "q.json").write_text(json.dumps(questions))
+    (tmp_path / "a.json").write_text(json.dumps({"annotations": records}))
+    predictions = fixture["predictions"]
+    (tmp_path / "results.json").write_text(json.dumps(predictions))
+    args = [
+        "eval",
+        "-t",
+        "vqa",
+        "-d",
+        str(tmp_path / "q.json"),
+        "--annotations",
+        str(tmp_path / "a.json"),
+        "--image-root",
+        str(tmp_path),
+    ]
+    result = runner.invoke(app, [*args, "--predictions", str(tmp_path / "results.json"), "--json"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)["results"]["vqa"][str(tmp_path / "results.json")]
+    official = fixture["official"]["accuracy"]
+    assert scores["overall"] == pytest.approx(official["overall"])
+    for kind, value in official["perAnswerType"].items():
+        assert scores[kind] == pytest.approx(value)
+
+
+class _EchoGenerator:
+    """A generating adapter stand-in: answers with the image's mean red value
+    bucket, so the test can tell that images and questions stay aligned."""
+
+    name, description = "echo", "test generator"
+
+    def __init__(self):
+        self.questions = []
+
+    def answer_questions(self, model, images, questions, **generation):
+        self.questions += questions
+        return ["yes" if img[0].mean() > img[2].mean() else "no" for img in images]
+
+    def generate_captions(self, model, images, **generation):
+        return ["a red square" if img[0].mean() > img[2].mean() else "a blue square" for img in images]
+
+
+def test_vqa_and_captioning_run_a_generating_adapter(tmp_path, monkeypatch):
+    from crossget_cli.tasks import evaluation
+
+    save_openclip_folder(tmp_path / "tiny")
+    echo = _EchoGenerator()
+    monkeypatch.setattr(evaluation, "find_adapter", lambda model: echo)
+    questions, records = [], []
+    for qid, (image_id, colour) in enumerate([(1, "red"), (2, "blue"), (3, "red")]):
+        Image.new("RGB", (32, 32), RGB[colour]).save(tmp_path / f"COCO_val2014_{image_id:012d}.jpg")
+        questions.append({"question_id": qid, "image_id": image_id, "question": f"is it red? ({qid})"})
+        truth = "yes" if colour == "red" else "no"
+        records.append({"question_id": qid, "image_id": image_id, "answer_type": "yes/no", "answers": [{"answer": truth}] * 10})
+    (tmp_path / "q.json").write_text(json.dumps({"data_subtype": "val2014", "questions": questions}))
+    (tmp_path / "a.json").write_text(json.dumps({"annotations": records}))
+    config = evaluation.EvalConfig(
+        task="vqa", data=str(tmp_path / "q.json"), annotations=str(tmp_path / "a.json"), image_root=str(tmp_path), batch_size=2
+    )
+    report = evaluation.evaluate([str(tmp_path / "tiny")], config)
+    assert report["results"]["vqa"][str(tmp_path / "tiny")]["overall"] == 100.0
+    assert echo.questions == [q["question"] for q in questions]

@@ -258,18 +258,29 @@ def profile(
 @handle_errors
 def eval_command(
     model: Annotated[
-        list[str],
+        Optional[list[str]],
         typer.Option("--model", "-m", help="Model to evaluate; repeat to compare (the first is the reference for deltas)."),
-    ],
-    task: Annotated[str, typer.Option("--task", "-t", help="retrieval, zeroshot, captioning or vqa.")],
+    ] = None,
+    task: Annotated[str, typer.Option("--task", "-t", help="retrieval, zeroshot, captioning or vqa.")] = "retrieval",
     data: Annotated[
-        str,
+        Optional[str],
         typer.Option(
             "--data",
             "-d",
             help="Karpathy/BLIP JSON, CSV/JSONL, ImageFolder, VQAv2 questions JSON, or an HF datasets name/folder.",
         ),
-    ],
+    ] = None,
+    predictions: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--predictions",
+            help="Score a results file instead of a model (captioning: COCO results; vqa: VQAv2 results); repeatable.",
+        ),
+    ] = None,
+    annotations: Annotated[Optional[str], typer.Option("--annotations", help="VQAv2 annotation JSON (vqa).")] = None,
+    vqa_variant: Annotated[
+        str, typer.Option("--vqa-variant", help="official (current vqaEval.py) or legacy (the 2016 code BLIP/LAVIS use).")
+    ] = "official",
     pretrained: PretrainedOpt = None,
     image_root: Annotated[
         Optional[str], typer.Option("--image-root", help="Folder the data's image paths are relative to.")
@@ -293,10 +304,16 @@ def eval_command(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ):
-    """Evaluate one or more models (original and compressed) on retrieval or zero-shot classification."""
-    from ..tasks.evaluation import EvalConfig, evaluate
+    """Evaluate models (original and compressed) or prediction files: retrieval, zero-shot, captioning, VQA."""
+    from ..tasks.evaluation import EvalConfig, evaluate, evaluate_predictions
     from .render import eval_table, progress_bar
 
+    if not data:
+        raise CrossGetError("no data given", "pass --data (a data file, folder or HF dataset)")
+    if bool(model) == bool(predictions):
+        raise CrossGetError(
+            "pass either --model or --predictions", "models are run on --data; prediction files are scored against it"
+        )
     config = EvalConfig(
         task=task,
         data=data,
@@ -307,14 +324,21 @@ def eval_command(
         label_column=label_column,
         classnames=classnames,
         templates=templates,
+        annotations=annotations,
+        vqa_variant=vqa_variant,
         batch_size=batch_size,
         num_workers=num_workers,
         device=device,
         dtype=dtype,
         limit=limit,
     )
-    with progress_bar("evaluating") as advance:
-        report = evaluate(model, config, pretrained=pretrained, progress=lambda what, done, total: advance(done, total, what))
+    if predictions:
+        report = evaluate_predictions(predictions, config)
+    else:
+        with progress_bar("evaluating") as advance:
+            report = evaluate(model, config, pretrained=pretrained, progress=lambda what, done, total: advance(done, total, what))
+    for note in report["notes"]:
+        stderr.print(f"note: {note}")
     if output:
         write_text_atomic(output, json.dumps(report, indent=2) + "\n")
     if json_out:

@@ -3,9 +3,10 @@ set; results per model and deltas to the first model.
 
 Tasks: ``retrieval`` (recall@1/5/10 both ways, :mod:`.retrieval`) and
 ``zeroshot`` (top-1/top-5, :mod:`.zeroshot`) for CLIP-style models.
-``captioning`` and ``vqa`` score generated text with :mod:`.metrics`; they need
-a model adapter that generates (the :class:`Generator` protocol), which the
-BLIP and LLaVA adapters provide.
+``captioning`` and ``vqa`` score generated text with :mod:`.metrics`: either
+text a model generates through its adapter (the :class:`Generator` protocol,
+which generative adapters implement) or prediction files written elsewhere
+(COCO caption results, VQAv2 results), scored with :func:`evaluate_predictions`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class EvalConfig:
     label_column: str = "label"
     classnames: str | None = None  # file with one class name per line (zeroshot)
     templates: str = "openai-imagenet"  # zeroshot prompts: a built-in name or a file
+    annotations: str | None = None  # VQAv2 annotation JSON (vqa)
+    vqa_variant: str = "official"  # official (current vqaEval.py) or legacy (2016 code, as BLIP/LAVIS)
     batch_size: int = 64
     num_workers: int = 0
     device: str = "cpu"
@@ -62,6 +65,8 @@ class EvalConfig:
                 raise CrossGetError(f"{name} must be an integer >= {low}, got {value!r}", f"e.g. --{name.replace('_', '-')} 64")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
             raise CrossGetError(f"limit must be a positive integer, got {self.limit!r}", "e.g. --limit 100")
+        if self.vqa_variant not in ("official", "legacy"):
+            raise CrossGetError(f"unknown VQA variant {self.vqa_variant!r}", "use official or legacy")
         if self.dtype not in DTYPES:
             raise CrossGetError(f"unknown dtype {self.dtype!r}", f"choose one of: {', '.join(DTYPES)}")
         if self.device.split(":")[0] not in ("cpu", "cuda"):
@@ -80,10 +85,101 @@ def evaluate(
         raise CrossGetError("no model given", "pass one or more --model")
     data = _load_data(config)
     results: dict[str, dict[str, float]] = {}
+    notes: list[str] = []
     for source in models:
         io = model_io(load_model(source, pretrained), config.device, config.dtype)
         label = _unique_label(source, results)
-        results[label] = _TASK_RUNNERS[config.task](io, data, config, _bind(progress, label))
+        results[label] = _TASK_RUNNERS[config.task](io, data, config, _bind(progress, label), notes)
+    return _report(config, results, data, notes)
+
+
+def evaluate_predictions(predictions: Sequence[str], config: EvalConfig) -> dict[str, Any]:
+    """Score prediction files against the references of ``config.data``: COCO
+    caption results (``[{"image_id", "caption"}]`` or ``{image_id: caption}``) for
+    ``captioning``, VQAv2 results (``[{"question_id", "answer"}]``) for ``vqa``."""
+    if config.task not in ("captioning", "vqa"):
+        raise CrossGetError(f"--predictions scores captioning or vqa, not {config.task}", "evaluate models with --model instead")
+    data = _load_data(config)
+    results = {}
+    notes: list[str] = []
+    for path in predictions:
+        label = _unique_label(path, results)
+        loaded = _read_predictions(path)
+        if config.task == "captioning":
+            results[label] = _caption_metrics(data, _keyed(loaded, "image_id", "caption", path), notes)
+        else:
+            results[label] = _vqa_metrics(data, _keyed(loaded, "question_id", "answer", path), config)
+    return _report(config, results, data, notes)
+
+
+def _read_predictions(path: str):
+    import json
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise CrossGetError(f"predictions file not found: {path}", "pass a JSON results file")
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise CrossGetError(f"predictions file {path} is not valid JSON: {err}", "fix the file") from None
+
+
+def _keyed(loaded, key: str, value: str, path: str) -> dict[str, str]:
+    """Results as ``{str(id): text}`` from a list of records or a mapping."""
+    if isinstance(loaded, dict):
+        return {str(k): str(v) for k, v in loaded.items()}
+    if isinstance(loaded, list) and all(isinstance(r, dict) and key in r and value in r for r in loaded):
+        return {str(r[key]): str(r[value]) for r in loaded}
+    raise CrossGetError(
+        f"predictions file {path} is not a list of {{{key!r}, {value!r}}} records", f'e.g. [{{"{key}": 1, "{value}": "..."}}]'
+    )
+
+
+def _caption_metrics(data, captions: dict[str, str], notes: list[str]) -> dict[str, float]:
+    """BLEU, CIDEr, ROUGE-L always; METEOR and SPICE when pycocoevalcap and Java
+    are installed (skipped with a note otherwise)."""
+    import importlib.util
+    import shutil
+
+    from .metrics.caption import caption_scores
+
+    ids = [str(i) for i in (data.image_ids or range(len(data.image_paths)))]
+    unknown = sorted(set(captions) - set(ids))
+    if unknown:
+        raise CrossGetError(
+            f"{len(unknown)} predicted image id(s) are not in the references, e.g. {unknown[0]!r}", "use the image ids of --data"
+        )
+    refs = {i: data.references[n] for n, i in enumerate(ids) if i in captions}
+    if importlib.util.find_spec("pycocoevalcap") is None or shutil.which("java") is None:
+        _note(notes, "METEOR and SPICE skipped: they need pycocoevalcap (pip install 'crossget[coco]') and a Java runtime")
+        return caption_scores(refs, captions)
+    try:
+        return caption_scores(refs, captions, meteor_spice=True)
+    except CrossGetError as err:
+        _note(notes, f"METEOR and SPICE skipped: {err}")
+        return caption_scores(refs, captions)
+
+
+def _note(notes: list[str], text: str) -> None:
+    if text not in notes:
+        notes.append(text)
+
+
+def _vqa_metrics(data, answers: dict[str, str], config: EvalConfig) -> dict[str, float]:
+    from .metrics.vqa import vqa_accuracy
+
+    if data.answers is None:
+        raise CrossGetError("the VQA data has no answers to score against", "pass --annotations with the VQAv2 annotation JSON")
+    records = [
+        {"question_id": str(qid), "answers": answers_, "answer_type": kind or "other"}
+        for qid, answers_, kind in zip(data.question_ids, data.answers, data.answer_types or [None] * len(data.answers))
+    ]
+    scores = vqa_accuracy(answers, records, variant=config.vqa_variant)
+    return {"overall": scores["overall"], **scores["per_answer_type"]}
+
+
+def _report(config: EvalConfig, results: dict, data, notes: Sequence[str] = ()) -> dict[str, Any]:
     reference = next(iter(results.values()))
     deltas = {
         label: {metric: value - reference[metric] for metric, value in scores.items() if metric in reference}
@@ -97,6 +193,7 @@ def evaluate(
         "results": {config.task: results},
         "deltas": {config.task: deltas},
         "num_items": _num_items(data),
+        "notes": list(notes),
     }
 
 
@@ -119,12 +216,15 @@ def _load_data(config: EvalConfig):
     common = dict(split=config.split, image_column=config.image_column, limit=config.limit)
     if config.task in ("retrieval", "captioning"):
         kwargs = dict(common, split=config.split or "test", caption_column=config.caption_column, image_root=config.image_root)
-        return data.load_retrieval(config.data, **kwargs)
+        loader = data.load_retrieval if config.task == "retrieval" else data.load_captions
+        return loader(config.data, **kwargs)
     if config.task == "zeroshot":
         classnames = _read_lines(config.classnames, "--classnames") if config.classnames else None
         loaded = data.load_classification(config.data, label_column=config.label_column, classnames=classnames, **common)
         return loaded, data.load_templates(config.templates)
-    return data.load_vqa(config.data, image_root=config.image_root, split=config.split, limit=config.limit)
+    return data.load_vqa(
+        config.data, annotations=config.annotations, image_root=config.image_root, split=config.split, limit=config.limit
+    )
 
 
 def _read_lines(path: str, option: str) -> list[str]:
@@ -155,7 +255,7 @@ def _image_batches(io: ModelIO, dataset, config: EvalConfig, report, what: str):
         report(done, total, what)
 
 
-def _run_retrieval(io: ModelIO, data, config: EvalConfig, report) -> dict[str, float]:
+def _run_retrieval(io: ModelIO, data, config: EvalConfig, report, notes: list[str]) -> dict[str, float]:
     from .retrieval import retrieval_recall
 
     images = io.encode_images(_image_batches(io, data.image_dataset(io.transform), config, report, "images"))
@@ -164,7 +264,7 @@ def _run_retrieval(io: ModelIO, data, config: EvalConfig, report) -> dict[str, f
     return retrieval_recall(images, texts, data.caption_to_image)
 
 
-def _run_zeroshot(io: ModelIO, data, config: EvalConfig, report) -> dict[str, float]:
+def _run_zeroshot(io: ModelIO, data, config: EvalConfig, report, notes: list[str]) -> dict[str, float]:
     from .zeroshot import class_embeddings, topk_accuracy
 
     dataset, templates = data
@@ -185,20 +285,25 @@ def _generator(io: ModelIO, task: str) -> Generator:
     return adapter
 
 
-def _run_captioning(io: ModelIO, data, config: EvalConfig, report) -> dict[str, float]:
-    from .metrics.caption import caption_scores
-
+def _run_captioning(io: ModelIO, data, config: EvalConfig, report, notes: list[str]) -> dict[str, float]:
     generator = _generator(io, "captioning")
     captions = []
     for images in _image_batches(io, data.image_dataset(io.transform), config, report, "images"):
         captions += generator.generate_captions(io.model, images.to(io.device, io.dtype))
-    refs = {i: [data.captions[c] for c in caps] for i, caps in enumerate(data.image_to_captions)}
-    return caption_scores(refs, dict(enumerate(captions)))
+    ids = [str(i) for i in (data.image_ids or range(len(data.image_paths)))]
+    return _caption_metrics(data, dict(zip(ids, captions)), notes)
 
 
-def _run_vqa(io: ModelIO, data, config: EvalConfig, report) -> dict[str, float]:
-    _generator(io, "vqa")
-    raise CrossGetError("VQA evaluation arrives with the generative adapters", "use retrieval or zeroshot for now")
+def _run_vqa(io: ModelIO, data, config: EvalConfig, report, notes: list[str]) -> dict[str, float]:
+    generator = _generator(io, "vqa")
+    answers = {}
+    loader = DataLoader(data.image_dataset(io.transform), batch_size=config.batch_size, num_workers=config.num_workers)
+    for indices, images in loader:
+        questions = [data.questions[i] for i in indices.tolist()]
+        for i, answer in zip(indices.tolist(), generator.answer_questions(io.model, images.to(io.device, io.dtype), questions)):
+            answers[str(data.question_ids[i])] = answer
+        report(len(answers), len(data.questions), "questions")
+    return _vqa_metrics(data, answers, config)
 
 
 _TASK_RUNNERS = {"retrieval": _run_retrieval, "zeroshot": _run_zeroshot, "captioning": _run_captioning, "vqa": _run_vqa}
