@@ -35,6 +35,7 @@ stderr = Console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of a table.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+FT = "Fine-tuning (--finetune)"
 ModelOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -135,22 +136,109 @@ def compress(
     speed: Annotated[
         bool, typer.Option("--speed/--no-speed", help="Add a short batch-1 throughput/latency profile to report.json.")
     ] = True,
+    finetune: Annotated[
+        bool, typer.Option("--finetune", help="Fine-tune with ITC + L_JS before exporting.", rich_help_panel=FT)
+    ] = False,
+    train_data: Annotated[
+        Optional[str], typer.Option("--train-data", help="Image-caption data (retrieval formats).", rich_help_panel=FT)
+    ] = None,
+    val_data: Annotated[
+        Optional[str], typer.Option("--val-data", help="Validation data; the best epoch (r_mean) is kept.", rich_help_panel=FT)
+    ] = None,
+    image_root: Annotated[
+        Optional[str], typer.Option("--image-root", help="Folder the data's image paths are relative to.", rich_help_panel=FT)
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="Training split.", rich_help_panel=FT)] = "train",
+    val_split: Annotated[str, typer.Option("--val-split", help="Validation split.", rich_help_panel=FT)] = "val",
+    epochs: Annotated[
+        Optional[int], typer.Option("--epochs", help="Epochs (default: recipe, else 1).", rich_help_panel=FT)
+    ] = None,
+    max_steps: Annotated[
+        Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps.", rich_help_panel=FT)
+    ] = None,
+    batch_size: Annotated[
+        Optional[int], typer.Option("--batch-size", help="Global batch size (default: recipe, else 64).", rich_help_panel=FT)
+    ] = None,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", help="Gradient accumulation steps.", rich_help_panel=FT)] = 1,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="AdamW learning rate (default 1e-5).", rich_help_panel=FT)] = None,
+    weight_decay: Annotated[
+        Optional[float], typer.Option("--weight-decay", help="AdamW weight decay (default 0.05).", rich_help_panel=FT)
+    ] = None,
+    warmup_steps: Annotated[
+        int, typer.Option("--warmup-steps", help="Linear warm-up steps before the cosine decay.", rich_help_panel=FT)
+    ] = 0,
+    clip_grad: Annotated[
+        Optional[float], typer.Option("--clip-grad", help="Clip the gradient norm to this value.", rich_help_panel=FT)
+    ] = None,
+    trainable: Annotated[
+        Optional[str],
+        typer.Option("--trainable", help="all, cross, or comma-separated parameter-name substrings.", rich_help_panel=FT),
+    ] = None,
+    amp: Annotated[Optional[str], typer.Option("--amp", help="none, fp16 or bf16 (CUDA).", rich_help_panel=FT)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the data order and initialisation.", rich_help_panel=FT)] = 0,
+    device: Annotated[str, typer.Option("--device", help="Training device: cpu, cuda or cuda:N.", rich_help_panel=FT)] = "cpu",
+    checkpoint_dir: Annotated[
+        Optional[str], typer.Option("--checkpoint-dir", help="Folder for checkpoints and train_log.jsonl.", rich_help_panel=FT)
+    ] = None,
+    checkpoint_every: Annotated[
+        Optional[int], typer.Option("--checkpoint-every", help="Also checkpoint every N steps.", rich_help_panel=FT)
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from --checkpoint-dir.", rich_help_panel=FT)] = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ):
-    """Load a checkpoint, inject CrossGET, and export it with its recipe and a FLOPs/speed report."""
+    """Load a checkpoint, inject CrossGET, optionally fine-tune it, and export it with its recipe and a report."""
+    from ..recipes import load_recipe
     from ..tasks.export import compress as run_compress
 
-    result = run_compress(
-        model,
-        output,
-        pretrained=pretrained,
-        recipe=recipe,
-        vision_r=parse_r("--vision-r", vision_r),
-        text_r=parse_r("--text-r", text_r),
-        overwrite=overwrite,
-        measure_speed=speed,
-    )
+    recipe_obj = load_recipe(recipe) if recipe else None
+    finetune_config = None
+    if finetune:
+        finetune_config = _finetune_config(
+            recipe_obj,
+            dict(
+                data=train_data,
+                val_data=val_data,
+                image_root=image_root,
+                split=split,
+                val_split=val_split,
+                epochs=epochs,
+                max_steps=max_steps,
+                batch_size=batch_size,
+                grad_accum=grad_accum,
+                lr=lr,
+                weight_decay=weight_decay,
+                warmup_steps=warmup_steps,
+                clip_grad=clip_grad,
+                trainable=trainable,
+                amp=amp,
+                seed=seed,
+                device=device,
+                checkpoint_dir=checkpoint_dir,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+            ),
+        )
+    elif train_data or resume:
+        raise CrossGetError("--train-data/--resume are fine-tuning options", "add --finetune")
+
+    from .render import training_progress
+
+    with training_progress(enabled=finetune) as on_step:
+        result = run_compress(
+            model,
+            output,
+            pretrained=pretrained,
+            recipe=recipe_obj,
+            vision_r=parse_r("--vision-r", vision_r),
+            text_r=parse_r("--text-r", text_r),
+            overwrite=overwrite,
+            measure_speed=speed,
+            finetune=finetune_config,
+            progress=on_step,
+        )
+    if not result.report:  # a non-zero rank of a distributed fine-tune writes nothing
+        return
     if json_out:
         print_json({"output": str(result.output), "recipe": result.recipe.to_dict(), "report": result.report})
         return
@@ -158,6 +246,36 @@ def compress(
 
     stdout.print(compress_table(result))
     stderr.print(f"wrote {result.output}")
+
+
+def _finetune_config(recipe, flags: dict):
+    """Flags over the recipe's ``finetune`` section over the defaults."""
+    from ..tasks.finetune import FinetuneConfig
+
+    if not flags["data"]:
+        raise CrossGetError(
+            "--finetune needs --train-data", "pass image-caption data (Karpathy/BLIP JSON, CSV/JSONL, HF datasets)"
+        )
+    spec = recipe.finetune if recipe is not None else None
+    from_recipe = {}
+    if spec is not None:
+        if spec.objective != "clip":
+            raise CrossGetError(f"fine-tuning objective {spec.objective!r} is not available yet", "use objective: clip")
+        from_recipe = dict(
+            lr=spec.lr,
+            weight_decay=spec.weight_decay,
+            epochs=spec.epochs,
+            batch_size=spec.batch_size,
+            schedule=spec.schedule,
+            js_weight=spec.js_weight,
+            itc_weight=1 - spec.js_weight,
+        )
+        if spec.trainable in ("all", "cross"):
+            from_recipe["trainable"] = spec.trainable
+        if spec.amp in ("none", "fp16", "bf16") and flags["device"].startswith("cuda"):
+            from_recipe["amp"] = spec.amp
+    given = {k: v for k, v in flags.items() if v is not None}
+    return FinetuneConfig(**{**from_recipe, **given})
 
 
 def parse_sweep(option: str, value: Optional[str]):

@@ -122,3 +122,21 @@ def eval_table(report: dict) -> Table:
             row.append(f"{scores[metric]:.2f}" + ("" if delta is None else f" ({delta:+.2f})"))
         table.add_row(*row)
     return table
+
+
+@contextlib.contextmanager
+def training_progress(enabled: bool) -> Iterator[Callable[[dict], None] | None]:
+    """A Rich status line with step, loss and throughput on stderr while training."""
+    console = Console(stderr=True)
+    if not enabled or not console.is_terminal:
+        yield None
+        return
+    with console.status("fine-tuning") as status:
+
+        def on_step(record: dict) -> None:
+            status.update(
+                f"fine-tuning: step {record['step']} epoch {record['epoch']} loss {record['loss']:.4f} "
+                f"(itc {record['itc']:.4f}, js {record['js']:.4f}) {record['items_per_s']:.1f} pairs/s"
+            )
+
+        yield on_step

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -32,6 +32,10 @@ from ..config import plain_r
 from ..errors import CrossGetError
 from ..recipes import ModelSpec, Recipe, ReductionSpec, load_recipe
 from .loading import LoadedModel, build_openclip, dtype_name, load_model
+
+if TYPE_CHECKING:
+    from ..recipes import FinetuneSpec
+    from .finetune import FinetuneConfig
 
 WEIGHTS_FILE = "model.safetensors"
 RECIPE_FILE = "crossget.yaml"
@@ -57,12 +61,16 @@ def compress(
     text_r=None,
     overwrite: bool = False,
     measure_speed: bool = True,
+    finetune: FinetuneConfig | None = None,
+    progress=None,
 ) -> CompressResult:
     """Load ``source``, patch it with CrossGET and export it to ``output``.
 
     ``vision_r``/``text_r`` override the recipe's reduction; ``source`` and
     ``pretrained`` override its model section. With ``measure_speed`` the report
     also holds a short ``crossget profile`` run (batch 1, original vs compressed).
+    With ``finetune``, the patched model is fine-tuned with ITC + L_JS first
+    (under ``torchrun`` only rank 0 writes the output).
     """
     if isinstance(recipe, (str, Path)):
         recipe = load_recipe(recipe)
@@ -86,9 +94,65 @@ def compress(
     recipe = replace(
         recipe, model=replace(recipe.model, source=source, pretrained=pretrained), reduction=reduction, provenance=None
     )
+    trained = None
+    if finetune is not None:
+        trained = _finetune(loaded, finetune, progress)
+        recipe = replace(recipe, finetune=_finetune_spec(recipe, finetune))
+        if trained.get("rank", 0) != 0:
+            return CompressResult(output, recipe, {}, loaded.model)
     report = build_report(loaded.model, measure_speed=measure_speed, model_name=source)
+    if trained is not None:
+        report["finetune"] = trained
     export(loaded, output, recipe, report, overwrite=overwrite)
     return CompressResult(output, load_recipe(output / RECIPE_FILE), report, loaded.model)
+
+
+def _finetune(loaded: LoadedModel, config: FinetuneConfig, progress) -> dict[str, Any]:
+    from . import data as data_module
+    from .encoders import model_io
+    from .finetune import world_info, finetune, init_distributed
+    from .retrieval import retrieval_recall
+
+    init_distributed(config.device)
+    io = model_io(loaded, config.device)
+    evaluate = None
+    if config.val_data:
+        val = data_module.load_retrieval(
+            config.val_data,
+            image_root=config.image_root,
+            split=config.val_split,
+            image_column=config.image_column,
+            caption_column=config.caption_column,
+        )
+
+        def evaluate(io):
+            from torch.utils.data import DataLoader
+
+            batches = (images for _, images in DataLoader(val.image_dataset(io.transform), batch_size=64))
+            return retrieval_recall(io.encode_images(batches), io.encode_texts(val.captions, 64), val.caption_to_image)
+
+    result = finetune(io, config, progress=progress, evaluate=evaluate)
+    io.model.to("cpu", torch.float32)
+    return {**result.to_dict(), "rank": world_info()[0], "history": result.history}
+
+
+def _finetune_spec(recipe: Recipe, config: FinetuneConfig) -> FinetuneSpec:
+    from ..recipes import FinetuneSpec
+
+    base = recipe.finetune or FinetuneSpec()
+    return replace(
+        base,
+        objective="clip",
+        js_weight=config.js_weight,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        schedule=config.schedule,
+        trainable=config.trainable if config.trainable in ("all", "cross") else base.trainable,
+        amp=config.amp,
+        dataset=config.data,
+    )
 
 
 def _load_cross_tokens(loaded: LoadedModel) -> None:

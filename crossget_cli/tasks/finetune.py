@@ -1,0 +1,365 @@
+"""Fine-tuning a patched CLIP with ITC + L_JS (SPEC §4): the library side of
+``crossget compress --finetune``.
+
+One process or several (``torchrun``: distributed data parallel, gloo on CPU,
+NCCL on CUDA) run the same loop. Every rank sees the same seeded global batch
+order and takes its slice; features and cross tokens are gathered (with
+gradients) so the loss is the loss of the global batch, and a 2-process run
+equals a 1-process run of the same global batch. Checkpoints hold everything
+needed to continue exactly: model, optimizer, scheduler, gradient scaler, RNG
+states and the position in the data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..errors import CrossGetError
+from .encoders import ModelIO
+from .losses import clip_losses
+
+CHECKPOINT_FILE = "checkpoint.pt"
+LOG_FILE = "train_log.jsonl"
+TRAINABLE = ("all", "cross")
+AMP = ("none", "fp16", "bf16")
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Attributes mirror the ``crossget compress --finetune`` flags; defaults are
+    the paper's (AdamW, lr 1e-5, weight decay 0.05, cosine to 0, ITC/L_JS 0.5/0.5)."""
+
+    data: str
+    image_root: str | None = None
+    split: str = "train"
+    image_column: str = "image"
+    caption_column: str = "caption"
+    val_data: str | None = None
+    val_split: str = "val"
+    epochs: int = 1
+    max_steps: int | None = None  # stop after this many optimizer steps
+    batch_size: int = 64  # global batch (split over processes)
+    grad_accum: int = 1
+    lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    clip_grad: float | None = None
+    trainable: str = "all"  # all, cross, or comma-separated parameter-name substrings
+    amp: str = "none"  # none, fp16 (with a gradient scaler), bf16; CUDA only
+    itc_weight: float = 0.5
+    js_weight: float = 0.5
+    seed: int = 0
+    device: str = "cpu"
+    num_workers: int = 0
+    checkpoint_dir: str | None = None
+    checkpoint_every: int | None = None  # steps; a checkpoint is also written at each epoch end
+    resume: bool = False
+    log_every: int = 1
+    limit: int | None = None  # use only the first N training images
+
+    def __post_init__(self):
+        positive = ("epochs", "batch_size", "grad_accum", "log_every")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CrossGetError(f"{name} must be a positive integer, got {value!r}", f"e.g. --{name.replace('_', '-')} 1")
+        for name in ("max_steps", "checkpoint_every", "limit"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise CrossGetError(f"{name} must be a positive integer, got {value!r}", "or leave it unset")
+        if not (self.lr > 0):
+            raise CrossGetError(f"lr must be > 0, got {self.lr!r}", "e.g. --lr 1e-5")
+        if self.schedule not in SCHEDULES:
+            raise CrossGetError(f"unknown schedule {self.schedule!r}", f"choose one of: {', '.join(SCHEDULES)}")
+        if self.amp not in AMP:
+            raise CrossGetError(f"unknown amp {self.amp!r}", f"choose one of: {', '.join(AMP)}")
+        if self.amp != "none" and not self.device.startswith("cuda"):
+            raise CrossGetError(f"--amp {self.amp} needs a CUDA device", "use --amp none on the CPU")
+        if self.resume and not self.checkpoint_dir:
+            raise CrossGetError("--resume needs --checkpoint-dir", "pass the folder of the interrupted run")
+
+
+@dataclass
+class FinetuneResult:
+    steps: int
+    final_loss: float | None
+    history: list[dict]
+    best: dict | None  # {"epoch", "metric", "value"} when validation ran
+    config: FinetuneConfig
+
+    def to_dict(self) -> dict:
+        return {"steps": self.steps, "final_loss": self.final_loss, "best": self.best, "config": asdict(self.config)}
+
+
+class _Pairs(Dataset):
+    """Every (image, caption) pair of a retrieval data set; item ``i`` is caption ``i``."""
+
+    def __init__(self, data, transform):
+        self.images = data.image_dataset(transform)
+        self.captions = data.captions
+        self.owner = data.caption_to_image
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, index: int):
+        image_index = self.owner[index]
+        return self.images[image_index][1], self.captions[index], image_index
+
+
+def select_trainable(model: nn.Module, trainable: str) -> list[str]:
+    """Freeze everything but the chosen parameters; return their names."""
+    names = [n for n, _ in model.named_parameters()]
+    if trainable == "all":
+        chosen = names
+    elif trainable == "cross":
+        chosen = [n for n in names if n.endswith(("cross_image", "cross_text"))]
+    else:
+        patterns = [p.strip() for p in trainable.split(",") if p.strip()]
+        chosen = [n for n in names if any(p in n for p in patterns)]
+    if not chosen:
+        raise CrossGetError(f"--trainable {trainable!r} selects no parameter", "use all, cross, or substrings of parameter names")
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in chosen)
+    return chosen
+
+
+def _lr_lambda(config: FinetuneConfig, total_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        if config.schedule == "constant":
+            return 1.0
+        progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def world_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: str) -> bool:
+    """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return True
+
+
+def _gather(tensor: torch.Tensor) -> torch.Tensor:
+    """All ranks' rows, in rank order, with gradients flowing back to each rank."""
+    if world_info()[1] == 1:
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor))
+
+
+def _batch_losses(model, images, texts, image_ids, config: FinetuneConfig) -> dict[str, torch.Tensor]:
+    """ITC + L_JS of the global batch (local rows gathered from every rank)."""
+    from ..adapters import find_adapter
+    from ..core import contrastive_loss, js_loss
+
+    local = clip_losses(model, images, texts, image_ids, config.itc_weight, config.js_weight)
+    if world_info()[1] == 1:
+        return local
+    adapter = find_adapter(model)
+    itc = contrastive_loss(
+        _gather(local["image_features"]), _gather(local["text_features"]), adapter.logit_scale(model), _gather(image_ids)
+    )
+    # Cross rows are layer-major per rank; gathering keeps image and text rows aligned.
+    js = js_loss(_gather(local["image_cross"]), _gather(local["text_cross"]))
+    return {"itc": itc, "js": js, "total": config.itc_weight * itc + config.js_weight * js}
+
+
+def _average_gradients(params: list[nn.Parameter], world: int) -> None:
+    """Average gradients over ranks. Each rank back-propagated the *global* loss
+    through gathered features, so the average is exactly the gradient of the
+    global batch (DDP's bucketing is not needed for models this loop trains)."""
+    for param in params:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+        dist.all_reduce(param.grad)
+        param.grad /= world
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def finetune(
+    io: ModelIO,
+    config: FinetuneConfig,
+    progress: Callable[[dict], None] | None = None,
+    evaluate: Callable[[ModelIO], dict[str, float]] | None = None,
+) -> FinetuneResult:
+    """Train ``io.model`` (already patched) in place on ``config.data``.
+
+    ``progress`` receives each logged record; ``evaluate`` (given when there is
+    validation data) scores the model after each epoch, and the weights of the best
+    epoch (by ``r_mean``) are restored at the end.
+    """
+    from . import data as data_module
+
+    model = io.model
+    rank, world = world_info()
+    if config.batch_size % (world * config.grad_accum):
+        raise CrossGetError(
+            f"batch size {config.batch_size} does not split into {world} process(es) x {config.grad_accum} accumulation steps",
+            "choose a batch size divisible by both",
+        )
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    train = data_module.load_retrieval(
+        config.data,
+        image_root=config.image_root,
+        split=config.split,
+        image_column=config.image_column,
+        caption_column=config.caption_column,
+        limit=config.limit,
+    )
+    pairs = _Pairs(train, io.transform)
+    steps_per_epoch = len(pairs) // config.batch_size
+    if steps_per_epoch == 0:
+        raise CrossGetError(f"{len(pairs)} training pairs are fewer than one batch of {config.batch_size}", "lower --batch-size")
+    total_steps = min(config.max_steps or 10**12, steps_per_epoch * config.epochs)
+
+    select_trainable(model, config.trainable)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=config.lr
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total_steps))
+    scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16")
+    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.amp)
+
+    step, epoch, position, history, best, best_state = 0, 0, 0, [], None, None
+    checkpoint = Path(config.checkpoint_dir) / CHECKPOINT_FILE if config.checkpoint_dir else None
+    if config.resume:
+        if not checkpoint.is_file():
+            raise CrossGetError(f"no checkpoint to resume from in {config.checkpoint_dir}", "start without --resume")
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        _set_rng_state(saved["rng"])
+        step, epoch, position, best = saved["step"], saved["epoch"], saved["position"], saved["best"]
+    if checkpoint is not None and rank == 0:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    log = checkpoint.parent / LOG_FILE if checkpoint is not None else None
+
+    def save_checkpoint():
+        if checkpoint is None or rank != 0:
+            return
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": _rng_state(),
+            "step": step,
+            "epoch": epoch,
+            "position": position,
+            "best": best,
+            "config": asdict(config),
+        }
+        _save_atomic(state, checkpoint)
+
+    model.train()
+    local = config.batch_size // world
+    micro = local // config.grad_accum
+    last_loss = None
+    while step < total_steps and epoch < config.epochs:
+        order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+        while position < steps_per_epoch and step < total_steps:
+            started = time.perf_counter()
+            batch = order[position * config.batch_size : (position + 1) * config.batch_size]
+            mine = batch[rank * local : (rank + 1) * local]
+            optimizer.zero_grad(set_to_none=True)
+            parts = {"itc": 0.0, "js": 0.0, "total": 0.0}
+            for start in range(0, local, micro):
+                items = [pairs[int(i)] for i in mine[start : start + micro]]
+                images = torch.stack([it[0] for it in items]).to(io.device)
+                texts = io.tokenize([it[1] for it in items]).to(io.device)
+                ids = torch.tensor([it[2] for it in items], device=io.device)
+                with torch.autocast(io.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    losses = _batch_losses(model, images, texts, ids, config)
+                scaler.scale(losses["total"] / config.grad_accum).backward()
+                for key in parts:
+                    parts[key] += losses[key].item() / config.grad_accum
+            if world > 1:
+                _average_gradients(params, world)
+            if config.clip_grad is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, config.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step, position = step + 1, position + 1
+            last_loss = parts["total"]
+            record = {
+                "step": step,
+                "epoch": epoch,
+                "loss": parts["total"],
+                "itc": parts["itc"],
+                "js": parts["js"],
+                "lr": scheduler.get_last_lr()[0],
+                "items_per_s": config.batch_size / (time.perf_counter() - started),
+            }
+            history.append(record)
+            if rank == 0 and step % config.log_every == 0:
+                if log is not None:
+                    with open(log, "a") as handle:
+                        handle.write(json.dumps(record) + "\n")
+                if progress is not None:
+                    progress(record)
+            if config.checkpoint_every and step % config.checkpoint_every == 0:
+                save_checkpoint()
+        if position >= steps_per_epoch:
+            if evaluate is not None and rank == 0:
+                model.eval()
+                scores = evaluate(io)
+                model.train()
+                if best is None or scores["r_mean"] > best["value"]:
+                    best = {"epoch": epoch, "metric": "r_mean", "value": scores["r_mean"], "scores": scores}
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            epoch, position = epoch + 1, 0
+            save_checkpoint()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(True)
+    return FinetuneResult(step, last_loss, history, best, config)

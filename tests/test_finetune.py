@@ -1,0 +1,161 @@
+"""Fine-tuning: a short real run, exact resume, and 2-process DDP equal to one
+process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from PIL import Image
+from typer.testing import CliRunner
+
+import crossget_cli
+from crossget_cli.cli.app import app
+from crossget_cli.errors import CrossGetError
+from crossget_cli.tasks.encoders import model_io
+from crossget_cli.tasks.finetune import FinetuneConfig, finetune
+from crossget_cli.tasks.loading import load_model
+from tiny_models import save_openclip_folder
+
+runner = CliRunner()
+COLOURS = {
+    "red": (220, 20, 20),
+    "green": (20, 200, 40),
+    "blue": (30, 30, 220),
+    "yellow": (240, 230, 30),
+    "purple": (140, 30, 160),
+    "orange": (250, 140, 0),
+    "white": (250, 250, 250),
+    "black": (5, 5, 5),
+}
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """Eight coloured images with two captions each (Karpathy JSON, train split)."""
+    root = tmp_path_factory.mktemp("shapes")
+    images = []
+    for i, (colour, rgb) in enumerate(COLOURS.items()):
+        picture = Image.new("RGB", (32, 32), rgb)
+        picture.paste((128, 128, 128), (4 * (i % 4), 8, 4 * (i % 4) + 8, 16))
+        picture.save(root / f"{colour}.png")
+        sentences = [{"raw": f"a {colour} picture"}, {"raw": f"something {colour}"}]
+        images.append({"filename": f"{colour}.png", "split": "train", "sentences": sentences})
+    (root / "data.json").write_text(json.dumps({"images": images}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    save_openclip_folder(folder)
+    return folder
+
+
+def _io(tiny):
+    loaded = load_model(str(tiny))
+    crossget_cli.patch(loaded.model, vision_r=2, text_r=2)
+    return model_io(loaded)
+
+
+def _config(shapes, **overrides):
+    base = dict(data=str(shapes / "data.json"), batch_size=4, lr=1e-3, epochs=2, seed=3)
+    return FinetuneConfig(**{**base, **overrides})
+
+
+def test_short_finetune_lowers_the_loss_and_exports(shapes, tiny, tmp_path):
+    out = tmp_path / "out"
+    args = ["compress", "-m", str(tiny), "--vision-r", "2", "--text-r", "2", "-o", str(out), "--no-speed", "--json"]
+    ft = ["--finetune", "--train-data", str(shapes / "data.json"), "--batch-size", "4", "--epochs", "8", "--lr", "2e-3"]
+    result = runner.invoke(app, [*args, *ft, "--checkpoint-dir", str(tmp_path / "ckpt")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)["report"]
+    losses = [r["loss"] for r in report["finetune"]["history"]]
+    assert len(losses) == 8 * 4
+    assert sum(losses[-4:]) < 0.8 * sum(losses[:4])
+    log = [json.loads(line) for line in (tmp_path / "ckpt" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in log] == pytest.approx(losses)
+
+    exported = crossget_cli.load(str(out))
+    original = load_model(str(tiny)).model
+    assert exported.visual.transformer.cross_image.abs().sum() > 0  # cross tokens learned (they start at zero)
+    assert exported.transformer.cross_text.abs().sum() > 0
+    assert not torch.equal(exported.visual.conv1.weight, original.visual.conv1.weight)
+    recipe = (out / "crossget.yaml").read_text()
+    assert "finetune:" in recipe and "lr: 0.002" in recipe
+
+
+def test_resume_continues_exactly(shapes, tiny, tmp_path):
+    whole = _io(tiny)
+    reference = finetune(whole, _config(shapes, max_steps=6))
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_step_5(record):
+        if record["step"] == 5:
+            raise Crash
+
+    first = _io(tiny)
+    config = _config(shapes, max_steps=6, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=1)
+    with pytest.raises(Crash):
+        finetune(first, config, progress=crash_at_step_5)
+    second = _io(tiny)  # a fresh process: weights come from the checkpoint
+    resumed = finetune(second, FinetuneConfig(**{**config.__dict__, "resume": True}))
+    assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in reference.history[4:]], abs=1e-6)
+    for (name, a), b in zip(whole.model.state_dict().items(), second.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0), name
+
+
+# AdamW normalises each gradient element, so an element whose gradient is
+# rounding noise moves by up to lr in a direction that depends on the reduction
+# order; a small lr keeps that below the tolerance (1 element of 65k at lr 1e-3).
+DDP_LR = 1e-4
+
+
+def _ddp_worker(rank, world, init_file, shapes, tiny, out):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        io = _io(tiny)
+        result = finetune(io, _config(shapes, max_steps=3, lr=DDP_LR))
+        if rank == 0:
+            torch.save({"state": io.model.state_dict(), "losses": [r["loss"] for r in result.history]}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_ddp_equals_one_process(shapes, tiny, tmp_path):
+    single = _io(tiny)
+    reference = finetune(single, _config(shapes, max_steps=3, lr=DDP_LR))
+    out = tmp_path / "ddp.pt"
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), shapes, tiny, str(out)), nprocs=2, join=True)
+    ddp = torch.load(out, weights_only=False)
+    assert ddp["losses"] == pytest.approx([r["loss"] for r in reference.history], abs=1e-5)
+    for name, value in single.model.state_dict().items():
+        other = ddp["state"][name]
+        if name.endswith("attn.in_proj_bias"):
+            # The key bias has an exactly zero gradient (it shifts every logit of
+            # a query row equally); AdamW turns the rounding noise of that zero
+            # into +-lr steps, different for any two reduction orders. Compare q, v.
+            width = value.shape[0] // 3
+            value, other = torch.cat([value[:width], value[2 * width :]]), torch.cat([other[:width], other[2 * width :]])
+        assert torch.allclose(other, value, atol=1e-5, rtol=0), name
+
+
+def test_bad_finetune_input(shapes, tiny, tmp_path):
+    with pytest.raises(CrossGetError, match="fewer than one batch"):
+        finetune(_io(tiny), _config(shapes, batch_size=64))
+    with pytest.raises(CrossGetError, match="CUDA"):
+        _config(shapes, amp="fp16")
+    with pytest.raises(CrossGetError, match="--checkpoint-dir"):
+        _config(shapes, resume=True)
+    result = runner.invoke(app, ["compress", "-m", str(tiny), "-o", str(tmp_path / "o"), "--finetune"])
+    assert result.exit_code == 2 and "--train-data" in result.stderr
+    result = runner.invoke(app, ["compress", "-m", str(tiny), "-o", str(tmp_path / "o"), "--train-data", "x.json"])
+    assert result.exit_code == 2 and "--finetune" in result.stderr
