@@ -231,3 +231,16 @@ def test_torch_compile_matches_eager(adapter_name):
         eager = adapter.encode_image(model, images)
         compiled = torch.compile(lambda x: adapter.encode_image(model, x))(images)
     assert torch.allclose(compiled, eager, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("adapter_name,model_name", [c for c in CASES if "Vision" not in c[1]])
+def test_token_embeddings_replace_the_lookup(adapter_name, model_name):
+    """Prompt learning feeds embeddings instead of ids: the lookup's own
+    embeddings must give the ids' features."""
+    model = _build(adapter_name, model_name)
+    crossget_cli.patch(model, vision_r=2, text_r=2)
+    _, texts = _inputs(model)
+    lookup = next(m for n, m in model.named_modules() if n.endswith("token_embedding"))
+    adapter = find_adapter(model)
+    with torch.no_grad():
+        assert torch.equal(adapter.encode_text(model, texts, token_embeddings=lookup(texts)), adapter.encode_text(model, texts))

@@ -180,8 +180,12 @@ class Adapter:
         """Projected image features ``[N, E]`` (not normalised)."""
         raise NotImplementedError
 
-    def encode_text(self, model: nn.Module, token_ids: torch.Tensor) -> torch.Tensor:
-        """Projected text features ``[N, E]`` (not normalised)."""
+    def encode_text(
+        self, model: nn.Module, token_ids: torch.Tensor, token_embeddings: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Projected text features ``[N, E]`` (not normalised). ``token_embeddings``
+        (``[N, T, D]``) replace the token-embedding lookup (prompt learning, e.g.
+        CoOp); ``token_ids`` still locate EOT."""
         raise NotImplementedError
 
     def cross_norm_and_projection(self, model: nn.Module, modality: str) -> tuple[nn.LayerNorm, torch.Tensor]:

@@ -79,17 +79,19 @@ class _ReducingVisionTower:
 
 
 class _ReducingTextTower:
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, **kwargs):
         # The padding mask is dropped on the CrossGET path, as in the reference:
         # padding follows EOT, so under the causal mask it never reaches the
         # pooled token, and merged slots no longer line up with it.
         encoder = self.encoder
-        if not uses_reduced_path(self, encoder.crossget_schedule):
+        if inputs_embeds is None and not uses_reduced_path(self, encoder.crossget_schedule):
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
         if input_ids is None:
             raise CrossGetError("the text tower needs input_ids", "pass tokenized text")
         input_ids = input_ids.view(-1, input_ids.shape[-1])
-        x = self.embeddings(input_ids=input_ids, position_ids=position_ids)
+        x = self.embeddings(
+            input_ids=None if inputs_embeds is not None else input_ids, position_ids=position_ids, inputs_embeds=inputs_embeds
+        )
         eos = getattr(self, "eos_token_id", None) or getattr(self.config, "eos_token_id", 2)
         if eos == 2:  # legacy configs pool at the highest id, as transformers does
             pooled_idx = input_ids.argmax(dim=-1)
@@ -189,11 +191,14 @@ class HFClipAdapter(Adapter):
             out = model(pixel_values=images)
         return _features(out, "image_embeds")
 
-    def encode_text(self, model: nn.Module, token_ids: torch.Tensor) -> torch.Tensor:
+    def encode_text(
+        self, model: nn.Module, token_ids: torch.Tensor, token_embeddings: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        extra = {} if token_embeddings is None else {"inputs_embeds": token_embeddings}
         if hasattr(model, "get_text_features"):
-            out = model.get_text_features(input_ids=token_ids)
+            out = model.get_text_features(input_ids=token_ids, **extra)
         else:
-            out = model(input_ids=token_ids)
+            out = model(input_ids=token_ids, **extra)
         return _features(out, "text_embeds")
 
     def cross_norm_and_projection(self, model: nn.Module, modality: str) -> tuple[nn.LayerNorm, torch.Tensor]:

@@ -16,6 +16,7 @@ from torch import nn
 from ..core import TokenState
 from ..errors import CrossGetError
 from .base import (
+    CONFIG_ATTR,
     Adapter,
     ModelInputs,
     Tower,
@@ -107,12 +108,13 @@ def _pooled_index(owner: nn.Module, text: torch.Tensor) -> torch.Tensor:
     return (text == eos).int().argmax(dim=-1)
 
 
-def _encode_text_reduced(owner: nn.Module, text: torch.Tensor) -> torch.Tensor:
+def _encode_text_reduced(owner: nn.Module, text: torch.Tensor, token_embeddings: torch.Tensor | None = None) -> torch.Tensor:
     """open_clip's text encoding with CrossGET: the pooled EOT position is the
     tracked one, since merging moves it."""
     transformer = owner.transformer
     dtype = transformer.get_cast_dtype()
-    x = owner.token_embedding(text).to(dtype) + owner.positional_embedding[: text.shape[1]].to(dtype)
+    tokens = owner.token_embedding(text) if token_embeddings is None else token_embeddings
+    x = tokens.to(dtype) + owner.positional_embedding[: text.shape[1]].to(dtype)
     pooled_idx = _pooled_index(owner, text)
     state = TokenState.for_text(text, pooled_idx, with_cross_slot=True)
     x = run_blocks(
@@ -134,22 +136,24 @@ def _encode_text_reduced(owner: nn.Module, text: torch.Tensor) -> torch.Tensor:
 class _ReducingCLIP:
     """Mixin for open_clip ``CLIP`` (text tower inline on the model)."""
 
-    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        if not uses_reduced_path(self, self.transformer.crossget_schedule):
+    def encode_text(
+        self, text: torch.Tensor, normalize: bool = False, token_embeddings: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if token_embeddings is None and not uses_reduced_path(self, self.transformer.crossget_schedule):
             return super().encode_text(text, normalize=normalize)
-        features = _encode_text_reduced(self, text)
+        features = _encode_text_reduced(self, text, token_embeddings)
         return F.normalize(features, dim=-1) if normalize else features
 
 
 class _ReducingTextTransformer:
     """Mixin for open_clip ``TextTransformer`` (``CustomTextCLIP.text``)."""
 
-    def forward(self, text: torch.Tensor):
-        if not uses_reduced_path(self, self.transformer.crossget_schedule):
+    def forward(self, text: torch.Tensor, token_embeddings: torch.Tensor | None = None):
+        if token_embeddings is None and not uses_reduced_path(self, self.transformer.crossget_schedule):
             return super().forward(text)
         if self.output_tokens:
             raise CrossGetError("text tower with output_tokens=True is not supported", "set output_tokens=False")
-        return _encode_text_reduced(self, text)
+        return _encode_text_reduced(self, text, token_embeddings)
 
 
 def _text_owner(model: nn.Module) -> nn.Module | None:
@@ -206,8 +210,16 @@ class OpenClipAdapter(Adapter):
     def encode_image(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         return model.encode_image(images)
 
-    def encode_text(self, model: nn.Module, token_ids: torch.Tensor) -> torch.Tensor:
-        return model.encode_text(token_ids)
+    def encode_text(
+        self, model: nn.Module, token_ids: torch.Tensor, token_embeddings: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if token_embeddings is None:
+            return model.encode_text(token_ids)
+        if CONFIG_ATTR not in model.__dict__:
+            raise CrossGetError("token_embeddings need a patched model", "call crossget_cli.patch(model, ...) first")
+        if hasattr(model, "token_embedding"):
+            return model.encode_text(token_ids, token_embeddings=token_embeddings)
+        return model.text(token_ids, token_embeddings=token_embeddings)
 
     def cross_norm_and_projection(self, model: nn.Module, modality: str) -> tuple[nn.LayerNorm, torch.Tensor]:
         if modality == "vision":
