@@ -159,3 +159,16 @@ def test_bad_finetune_input(shapes, tiny, tmp_path):
     assert result.exit_code == 2 and "--train-data" in result.stderr
     result = runner.invoke(app, ["compress", "-m", str(tiny), "-o", str(tmp_path / "o"), "--train-data", "x.json"])
     assert result.exit_code == 2 and "--finetune" in result.stderr
+
+
+def test_transformers_model_finetunes_through_its_tokenizer(shapes, tmp_path):
+    from tiny_models import save_hf_folder
+
+    save_hf_folder(tmp_path / "hf")
+    loaded = load_model(str(tmp_path / "hf"))
+    crossget_cli.patch(loaded.model, vision_r=2, text_r=2)
+    io = model_io(loaded)
+    result = finetune(io, _config(shapes, epochs=4, lr=2e-3))
+    losses = [r["loss"] for r in result.history]
+    assert sum(losses[-4:]) < 0.9 * sum(losses[:4])
+    assert loaded.model.vision_model.encoder.cross_image.abs().sum() > 0
