@@ -192,6 +192,13 @@ def _check_exist(paths: Iterable[str], source: str, image_root: Any) -> None:
 # --------------------------------------------------------------------------- records
 
 
+def _shortens(n: int | None, size: int) -> bool:
+    """Whether ``limit(n)`` keeps fewer than ``size`` records (and ``n`` is valid)."""
+    if n is not None and n < 1:
+        raise CrossGetError(f"limit must be at least 1, got {n}", "pass a positive --limit")
+    return n is not None and n < size
+
+
 @dataclass
 class RetrievalData:
     """Image-text retrieval records.
@@ -221,10 +228,8 @@ class RetrievalData:
 
     def limit(self, n: int | None) -> RetrievalData:
         """The first ``n`` images and their captions (caption order kept, indices renumbered)."""
-        if n is None or n >= len(self):
+        if not _shortens(n, len(self)):
             return self
-        if n < 1:
-            raise CrossGetError(f"limit must be at least 1, got {n}", "pass a positive --limit")
         keep = [c for c, i in enumerate(self.caption_to_image) if i < n]
         renumber = {old: new for new, old in enumerate(keep)}
         return RetrievalData(
@@ -258,10 +263,8 @@ class CaptionData:
 
     def limit(self, n: int | None) -> CaptionData:
         """The first ``n`` images."""
-        if n is None or n >= len(self):
+        if not _shortens(n, len(self)):
             return self
-        if n < 1:
-            raise CrossGetError(f"limit must be at least 1, got {n}", "pass a positive --limit")
         return CaptionData(self.image_paths[:n], self.references[:n], None if self.image_ids is None else self.image_ids[:n])
 
 
@@ -282,10 +285,8 @@ class ClassificationData:
 
     def limit(self, n: int | None) -> ClassificationData:
         """The first ``n`` samples (an ImageFolder is ordered by class: shuffle before limiting)."""
-        if n is None or n >= len(self):
+        if not _shortens(n, len(self)):
             return self
-        if n < 1:
-            raise CrossGetError(f"limit must be at least 1, got {n}", "pass a positive --limit")
         return ClassificationData(self.images[:n], self.labels[:n], self.classnames)
 
 
@@ -317,10 +318,8 @@ class VQAData:
 
     def limit(self, n: int | None) -> VQAData:
         """The first ``n`` questions."""
-        if n is None or n >= len(self):
+        if not _shortens(n, len(self)):
             return self
-        if n < 1:
-            raise CrossGetError(f"limit must be at least 1, got {n}", "pass a positive --limit")
 
         def cut(xs):
             return None if xs is None else xs[:n]
