@@ -302,3 +302,21 @@ def test_vqa_and_captioning_run_a_generating_adapter(tmp_path, monkeypatch):
     report = evaluation.evaluate([str(tmp_path / "tiny")], config)
     assert report["results"]["vqa"][str(tmp_path / "tiny")]["overall"] == 100.0
     assert echo.questions == [q["question"] for q in questions]
+
+
+def test_retrieval_from_a_saved_hf_dataset_with_column_mapping(flickr, tmp_path):
+    from datasets import Dataset, Features, Image as ImageFeature, Sequence, Value
+
+    model = save_openclip_folder(tmp_path / "tiny")
+    names = [f"{c}.{'jpg' if i % 2 == 0 else 'png'}" for i, c in enumerate(COLOURS)]
+    rows = {
+        "picture": [str(flickr / n) for n in names],
+        "texts": [[f"a {c} square.", f"a picture that is mostly {c}"] for c in COLOURS],
+    }
+    features = Features({"picture": ImageFeature(), "texts": Sequence(Value("string"))})
+    Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "hfdata"))
+    args = ["eval", "-m", str(tmp_path / "tiny"), "-t", "retrieval", "-d", str(tmp_path / "hfdata")]
+    result = runner.invoke(app, [*args, "--image-column", "picture", "--caption-column", "texts", "--json"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)["results"]["retrieval"][str(tmp_path / "tiny")]
+    assert scores == pytest.approx(retrieval_recall(*_independent_openclip_recall(model, flickr)))
