@@ -339,3 +339,53 @@ def test_token_embedding_lookup(folders):
     vision = CLIPVisionModel(hf.config.vision_config)
     with pytest.raises(CrossGetError):
         token_embedding(vision)
+
+
+def test_compress_finetune_coop_then_eval_uses_the_learned_prompts(tmp_path):
+    """The CLI path: CoOp fine-tune, export with the prompts, zero-shot eval of the
+    export scores with the learned prompts (equal to evaluating them in-process)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from crossget_cli.cli.app import app
+    from crossget_cli.tasks.coop import evaluate_coop, load_prompts
+    from crossget_cli.tasks.data import load_classification
+
+    runner = CliRunner()
+    save_openclip_folder(tmp_path / "tiny")
+    root = tmp_path / "classes"
+    for colour, rgb in {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 30, 220)}.items():
+        (root / colour).mkdir(parents=True)
+        for j in range(3):
+            Image.new("RGB", (32, 32), tuple(max(0, v - 30 * j) for v in rgb)).save(root / colour / f"{j}.png")
+    out = tmp_path / "coop"
+    args = ["compress", "-m", str(tmp_path / "tiny"), "--vision-r", "2", "-o", str(out), "--no-speed", "--json"]
+    ft = [
+        "--finetune",
+        "--objective",
+        "coop",
+        "--train-data",
+        str(root),
+        "--shots",
+        "2",
+        "--n-ctx",
+        "4",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "3",
+    ]
+    result = runner.invoke(app, [*args, *ft])
+    assert result.exit_code == 0, result.output
+    assert (out / "coop_prompts.json").is_file()
+    recipe = (out / "crossget.yaml").read_text()
+    assert "objective: coop" in recipe and "shots: 2" in recipe
+
+    evaluated = runner.invoke(app, ["eval", "-m", str(out), "-t", "zeroshot", "-d", str(root), "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads(evaluated.stdout)
+    assert any("learned CoOp prompts" in note for note in report["notes"])
+    io = model_io(load_model(str(out)))
+    expected = evaluate_coop(io, load_prompts(io, out), load_classification(str(root)))
+    assert report["results"]["zeroshot"][str(out)] == pytest.approx(expected)

@@ -184,6 +184,30 @@ def compress(
         Optional[int], typer.Option("--checkpoint-every", help="Also checkpoint every N steps.", rich_help_panel=FT)
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from --checkpoint-dir.", rich_help_panel=FT)] = False,
+    objective: Annotated[
+        Optional[str],
+        typer.Option(
+            "--objective",
+            help="clip (ITC + L_JS on image-caption pairs) or coop (prompt learning on classes).",
+            rich_help_panel=FT,
+        ),
+    ] = None,
+    shots: Annotated[
+        Optional[int], typer.Option("--shots", help="CoOp: training images per class (default 16).", rich_help_panel=FT)
+    ] = None,
+    n_ctx: Annotated[
+        Optional[int], typer.Option("--n-ctx", help="CoOp: learnable context vectors (default 16).", rich_help_panel=FT)
+    ] = None,
+    ctx_init: Annotated[
+        Optional[str],
+        typer.Option("--ctx-init", help="CoOp: initialise the context from a phrase, e.g. 'a photo of a'.", rich_help_panel=FT),
+    ] = None,
+    label_column: Annotated[
+        str, typer.Option("--label-column", help="CoOp: label column (CSV/JSONL/HF datasets).", rich_help_panel=FT)
+    ] = "label",
+    classnames: Annotated[
+        Optional[str], typer.Option("--classnames", help="CoOp: file with one class name per line.", rich_help_panel=FT)
+    ] = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ):
@@ -193,7 +217,15 @@ def compress(
 
     recipe_obj = load_recipe(recipe) if recipe else None
     finetune_config = None
-    if finetune:
+    coop_flags = dict(shots=shots, n_ctx=n_ctx, init=ctx_init, label_column=label_column, classnames=classnames)
+    wanted = objective or (recipe_obj.finetune.objective if recipe_obj and recipe_obj.finetune else "clip")
+    if finetune and wanted == "coop":
+        finetune_config = _coop_run(
+            recipe_obj, train_data, image_root, split, epochs, max_steps, batch_size, lr, weight_decay, seed, device, coop_flags
+        )
+    elif finetune and wanted != "clip":
+        raise CrossGetError(f"unknown --objective {wanted!r}", "use clip or coop")
+    elif finetune:
         finetune_config = _finetune_config(
             recipe_obj,
             dict(
@@ -248,6 +280,40 @@ def compress(
     stderr.print(f"wrote {result.output}")
 
 
+def _coop_run(recipe, data, image_root, split, epochs, max_steps, batch_size, lr, weight_decay, seed, device, coop: dict):
+    """CoOp settings: flags over the recipe's ``finetune`` section over CoOp's defaults."""
+    from ..tasks.coop import CoopConfig, CoopRun
+
+    if not data:
+        raise CrossGetError(
+            "--finetune --objective coop needs --train-data", "pass classification data (ImageFolder, CSV/JSONL, HF datasets)"
+        )
+    spec = recipe.finetune if recipe is not None else None
+    from_recipe = {} if spec is None else {"js_weight": spec.js_weight, "shots": spec.shots}
+    given = dict(
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=seed,
+        device=device,
+        shots=coop["shots"],
+        n_ctx=coop["n_ctx"],
+        init=coop["init"],
+    )
+    config = CoopConfig(**{k: v for k, v in {**from_recipe, **given}.items() if v is not None})
+    return CoopRun(
+        config,
+        data,
+        # An ImageFolder without a train/ subfolder is the training set itself.
+        split=None if Path(data).is_dir() and not (Path(data) / split).is_dir() else split,
+        image_root=image_root,
+        label_column=coop["label_column"],
+        classnames=coop["classnames"],
+    )
+
+
 def _finetune_config(recipe, flags: dict):
     """Flags over the recipe's ``finetune`` section over the defaults."""
     from ..tasks.finetune import FinetuneConfig
@@ -259,8 +325,8 @@ def _finetune_config(recipe, flags: dict):
     spec = recipe.finetune if recipe is not None else None
     from_recipe = {}
     if spec is not None:
-        if spec.objective != "clip":
-            raise CrossGetError(f"fine-tuning objective {spec.objective!r} is not available yet", "use objective: clip")
+        if spec.objective not in ("clip", "coop"):
+            raise CrossGetError(f"fine-tuning objective {spec.objective!r} is not available yet", "use objective: clip or coop")
         from_recipe = dict(
             lr=spec.lr,
             weight_decay=spec.weight_decay,

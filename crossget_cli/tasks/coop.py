@@ -517,3 +517,32 @@ __all__ = [
     "token_embedding",
     "train_coop",
 ]
+
+
+@dataclass(frozen=True)
+class CoopRun:
+    """A CoOp fine-tune as ``crossget compress --finetune --objective coop`` runs it:
+    the training configuration and where the classification data comes from."""
+
+    config: CoopConfig
+    data: str
+    split: str | None = None
+    image_root: str | None = None
+    image_column: str = "image"
+    label_column: str = "label"
+    classnames: str | None = None  # file with one class name per line
+
+
+def run_coop(io: ModelIO, run: CoopRun, progress: Callable[[dict], None] | None = None) -> tuple[PromptLearner, list[dict]]:
+    """Load ``run.data`` (ImageFolder, CSV/JSONL, HF datasets) and train CoOp on it."""
+    from .data import load_classification
+
+    data = load_classification(
+        run.data,
+        split=run.split,
+        image_column=run.image_column,
+        label_column=run.label_column,
+        classnames=run.classnames,
+        image_root=run.image_root,
+    )
+    return train_coop(io, data, run.config, progress)

@@ -268,10 +268,40 @@ def _run_zeroshot(io: ModelIO, data, config: EvalConfig, report, notes: list[str
     from .zeroshot import class_embeddings, topk_accuracy
 
     dataset, templates = data
-    classes = class_embeddings(io, dataset.classnames, templates, config.batch_size)
+    learned = _learned_prompts(io, dataset.classnames)
+    if learned is not None:
+        from .coop import coop_classifier
+
+        classes = coop_classifier(io, learned)
+        _note(notes, f"{io.loaded.source}: class prompts are the learned CoOp prompts saved with the model, not --templates")
+    else:
+        classes = class_embeddings(io, dataset.classnames, templates, config.batch_size)
     report(len(dataset.classnames), len(dataset.classnames), "class prompts")
     images = io.encode_images(_image_batches(io, dataset.image_dataset(io.transform), config, report, "images"))
     return topk_accuracy(images @ classes.t(), torch.as_tensor(dataset.labels))
+
+
+def _learned_prompts(io: ModelIO, classnames: Sequence[str]):
+    """The CoOp prompts exported with a model (``coop_prompts.json``), if any;
+    they must have been learned for the same classes."""
+    from pathlib import Path
+
+    from .coop import load_prompts
+
+    folder = Path(io.loaded.source)
+    if not (folder / "coop_prompts.json").is_file():
+        return None
+    learner = load_prompts(io, folder)
+
+    def normal(names):
+        return [" ".join(name.replace("_", " ").split()) for name in names]
+
+    if normal(learner.classnames) != normal(classnames):
+        raise CrossGetError(
+            f"{folder} holds CoOp prompts for other classes ({len(learner.classnames)} classes)",
+            "evaluate on the classes the prompts were learned for",
+        )
+    return learner
 
 
 def _generator(io: ModelIO, task: str) -> Generator:

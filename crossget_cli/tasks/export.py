@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -35,6 +35,7 @@ from .loading import LoadedModel, build_openclip, dtype_name, load_model
 
 if TYPE_CHECKING:
     from ..recipes import FinetuneSpec
+    from .coop import CoopRun
     from .finetune import FinetuneConfig
 
 WEIGHTS_FILE = "model.safetensors"
@@ -61,7 +62,7 @@ def compress(
     text_r=None,
     overwrite: bool = False,
     measure_speed: bool = True,
-    finetune: FinetuneConfig | None = None,
+    finetune: FinetuneConfig | CoopRun | None = None,
     progress=None,
 ) -> CompressResult:
     """Load ``source``, patch it with CrossGET and export it to ``output``.
@@ -94,8 +95,11 @@ def compress(
     recipe = replace(
         recipe, model=replace(recipe.model, source=source, pretrained=pretrained), reduction=reduction, provenance=None
     )
-    trained = None
-    if finetune is not None:
+    trained, extra_files = None, None
+    if finetune is not None and hasattr(finetune, "config"):  # a CoOp run
+        trained, extra_files = _finetune_coop(loaded, finetune, progress)
+        recipe = replace(recipe, finetune=_coop_spec(recipe, finetune))
+    elif finetune is not None:
         trained = _finetune(loaded, finetune, progress)
         recipe = replace(recipe, finetune=_finetune_spec(recipe, finetune))
         if trained.get("rank", 0) != 0:
@@ -103,8 +107,44 @@ def compress(
     report = build_report(loaded.model, measure_speed=measure_speed, model_name=source)
     if trained is not None:
         report["finetune"] = trained
-    export(loaded, output, recipe, report, overwrite=overwrite)
+    export(loaded, output, recipe, report, overwrite=overwrite, extra_files=extra_files)
     return CompressResult(output, load_recipe(output / RECIPE_FILE), report, loaded.model)
+
+
+def _finetune_coop(loaded: LoadedModel, run: CoopRun, progress):
+    """Train CoOp prompts and the cross tokens; the prompts travel with the export."""
+    from .coop import run_coop, save_prompts
+    from .encoders import model_io
+
+    io = model_io(loaded, run.config.device)
+    learner, history = run_coop(io, run, progress)
+    io.model.to("cpu", torch.float32)
+    trained = {
+        "objective": "coop",
+        "steps": len(history),
+        "final_loss": history[-1]["loss"] if history else None,
+        "history": history,
+    }
+    return trained, lambda folder: save_prompts(learner.cpu(), folder)
+
+
+def _coop_spec(recipe: Recipe, run: CoopRun) -> FinetuneSpec:
+    from ..recipes import FinetuneSpec
+
+    base = recipe.finetune or FinetuneSpec()
+    config = run.config
+    return replace(
+        base,
+        objective="coop",
+        js_weight=config.js_weight,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        trainable="prompt+cross",
+        shots=config.shots,
+        dataset=run.data,
+    )
 
 
 def _finetune(loaded: LoadedModel, config: FinetuneConfig, progress) -> dict[str, Any]:
@@ -198,7 +238,16 @@ def build_report(model: nn.Module, measure_speed: bool = False, model_name: str 
     return report
 
 
-def export(loaded: LoadedModel, output: Path, recipe: Recipe, report: dict, overwrite: bool = False) -> None:
+def export(
+    loaded: LoadedModel,
+    output: Path,
+    recipe: Recipe,
+    report: dict,
+    overwrite: bool = False,
+    extra_files: Callable[[Path], None] | None = None,
+) -> None:
+    """Write the folder described in the module doc; ``extra_files(folder)`` adds
+    files (learned prompts) before the folder is renamed into place."""
     from safetensors.torch import save_model
 
     model = loaded.model
@@ -235,6 +284,8 @@ def export(loaded: LoadedModel, output: Path, recipe: Recipe, report: dict, over
 
         save_recipe(exported, tmp / RECIPE_FILE)
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2))
+        if extra_files is not None:
+            extra_files(tmp)
         if output.exists():
             trash = output.with_name(f".{output.name}.old-{tmp.name[-8:]}")
             output.rename(trash)
