@@ -172,3 +172,63 @@ def test_transformers_model_finetunes_through_its_tokenizer(shapes, tmp_path):
     losses = [r["loss"] for r in result.history]
     assert sum(losses[-4:]) < 0.9 * sum(losses[:4])
     assert loaded.model.vision_model.encoder.cross_image.abs().sum() > 0
+
+
+def test_torchrun_two_processes_through_the_cli(shapes, tiny, tmp_path):
+    """The same command line under torchrun: rank 0 alone prints and writes."""
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed next to this Python")
+    out = tmp_path / "out"
+    command = [torchrun, "--nproc-per-node", "2", "--master-port", "29531", "-m", "crossget_cli.cli.app", "compress"]
+    command += ["-m", str(tiny), "--vision-r", "2", "--text-r", "2", "-o", str(out), "--no-speed", "--json"]
+    command += [
+        "--finetune",
+        "--train-data",
+        str(shapes / "data.json"),
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "3",
+        "--lr",
+        "1e-4",
+        "--seed",
+        "3",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)["report"]  # exactly one JSON document: rank 1 printed nothing
+    single = finetune(_io(tiny), _config(shapes, max_steps=3, lr=1e-4))
+    assert [r["loss"] for r in report["finetune"]["history"]] == pytest.approx([r["loss"] for r in single.history], abs=1e-5)
+    assert (out / "model.safetensors").is_file()
+
+
+def test_validation_keeps_the_best_epoch(shapes, tiny, tmp_path):
+    out = tmp_path / "out"
+    args = ["compress", "-m", str(tiny), "--vision-r", "2", "--text-r", "2", "-o", str(out), "--no-speed", "--json"]
+    ft = [
+        "--finetune",
+        "--train-data",
+        str(shapes / "data.json"),
+        "--val-data",
+        str(shapes / "data.json"),
+        "--val-split",
+        "train",
+    ]
+    result = runner.invoke(app, [*args, *ft, "--batch-size", "4", "--epochs", "3", "--lr", "1e-3"])
+    assert result.exit_code == 0, result.output
+    best = json.loads(result.stdout)["report"]["finetune"]["best"]
+    assert best["metric"] == "r_mean" and 0 <= best["epoch"] < 3
+    from crossget_cli.tasks.retrieval import retrieval_recall
+
+    io = model_io(load_model(str(out)))
+    from crossget_cli.tasks.data import load_retrieval
+
+    data = load_retrieval(str(shapes / "data.json"), split="train")
+    batches = (images for _, images in torch.utils.data.DataLoader(data.image_dataset(io.transform), batch_size=64))
+    scores = retrieval_recall(io.encode_images(batches), io.encode_texts(data.captions, 64), data.caption_to_image)
+    assert scores["r_mean"] == pytest.approx(best["value"], abs=1e-4)  # the exported weights are the best epoch's
