@@ -9,7 +9,7 @@ from .errors import CrossGetError
 
 RSpec = Union[int, Sequence[int]]
 
-METHODS = ("crossget",)
+METHODS = ("crossget", "tome")
 MODALITIES = ("vision", "text")
 
 
@@ -38,7 +38,9 @@ class ReductionConfig:
         vision_r: tokens merged per vision layer: one int for every layer
             (clamped at run time, SPEC §1) or one value per layer.
         text_r: the same for the text tower.
-        method: the reduction algorithm; ``"crossget"`` (SPEC §1-§2).
+        method: ``"crossget"`` (SPEC §1-§2: cross tokens, cross-guided matching and
+            ensemble) or ``"tome"`` (ToMe's bipartite soft matching with
+            proportional attention, no cross tokens; a baseline).
     """
 
     vision_r: int | tuple[int, ...] = 0

@@ -63,10 +63,12 @@ def vision_macs(counts: list[int], family: str, cfg=TINY) -> dict[str, int]:
 
 
 def text_macs(counts: list[int], cfg=TINY) -> dict[str, int]:
-    """One caption: blocks, the final norm on every token, the projection."""
+    """One caption: blocks, the final norm on every token (a patched tower drops
+    its cross slot first), the projection."""
     d = cfg["transformer_width"]
     total = _tower(counts, d, 4 * d)
-    total["other"] += 5 * counts[-1] * d
+    patched = counts[0] == cfg["context_length"] + 1
+    total["other"] += 5 * (counts[-1] - patched) * d
     total["linear"] += d * cfg["embed_dim"]
     return total
 

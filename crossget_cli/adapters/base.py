@@ -16,11 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ReductionConfig
-from ..core import TokenState
+from ..core import TokenState, token_schedule
 from ..errors import CrossGetError
 
 CONFIG_ATTR = "crossget_config"
 SCHEDULE_ATTR = "crossget_schedule"
+METHOD_ATTR = "crossget_method"
 PARENT_ATTR = "_crossget_parent"
 
 
@@ -50,6 +51,18 @@ class Tower:
     def num_protected(self) -> int:
         """CLS/SOT and the cross slot, plus EOT for text (SPEC §1)."""
         return 2 if self.modality == "vision" else 3
+
+    def token_counts(self) -> list[int]:
+        """Tokens entering each block and leaving the last, at inference: the
+        original has no cross slot; ToMe has none either; a CrossGET text tower
+        with r = 0 everywhere keeps the original path (SPEC §5)."""
+        schedule = getattr(self.holder, SCHEDULE_ATTR, None)
+        method = getattr(self.holder, METHOD_ATTR, None)
+        if schedule is None or (self.modality == "text" and not any(r > 0 for r in schedule)):
+            return [self.num_tokens - 1] * (self.num_layers + 1)
+        if method == "tome":
+            return token_schedule(self.num_tokens - 1, schedule, self.num_protected - 1)
+        return token_schedule(self.num_tokens, schedule, self.num_protected)
 
     @property
     def schedule(self) -> tuple[int, ...]:
@@ -108,22 +121,37 @@ def restore_classes(model: nn.Module) -> None:
             module.__class__ = parent
 
 
-def run_blocks(
+def run_tower(
     x: torch.Tensor,
+    holder: nn.Module,
+    cross_name: str,
     blocks: Sequence[nn.Module],
     block_forward: Callable[[nn.Module, torch.Tensor, TokenState, int], torch.Tensor],
-    schedule: Sequence[int],
-    cross: torch.Tensor,
     state: TokenState,
 ) -> torch.Tensor:
-    """Run a tower's blocks on ``x`` (``[N, T, D]``, cross slot last), injecting
-    the layer's cross token before each block (SPEC §3)."""
-    for layer, (block, r) in enumerate(zip(blocks, schedule)):
-        x = state.inject_cross(x, cross[0, layer])
+    """Run a patched tower's blocks on ``x`` (``[N, T, D]``, after the
+    embeddings). With CrossGET a cross slot is appended (a copy of CLS, or of EOT
+    for text) and overwritten with the layer's cross token before each block
+    (SPEC §3), then dropped from the output; ToMe runs the blocks as they are."""
+    cross = getattr(holder, cross_name, None) if state.method == "crossget" else None
+    if cross is not None:
+        x = append_cross_slot(x, state.pooled_idx)
+    for layer, (block, r) in enumerate(zip(blocks, getattr(holder, SCHEDULE_ATTR))):
+        if cross is not None:
+            x = state.inject_cross(x, cross[0, layer])
         x = block_forward(block, x, state, r)
         state.record(layer, x)
     state.publish_cross()
-    return x
+    return x if cross is None else x[:, :-1]
+
+
+def tower_state(holder: nn.Module, **text) -> TokenState:
+    """A fresh per-forward state for the tower ``holder`` belongs to; ``text``
+    gives ``input_ids`` and ``pooled_idx`` for a text tower."""
+    method = getattr(holder, METHOD_ATTR, "crossget")
+    if not text:
+        return TokenState(method=method)
+    return TokenState.for_text(text["input_ids"], text["pooled_idx"], with_cross_slot=method == "crossget", method=method)
 
 
 def append_cross_slot(x: torch.Tensor, source_idx: torch.Tensor | None = None) -> torch.Tensor:
@@ -215,6 +243,9 @@ class Adapter:
         self.remove(model)
         for tower, schedule in zip(towers, schedules):
             setattr(tower.holder, SCHEDULE_ATTR, schedule)
+            setattr(tower.holder, METHOD_ATTR, config.method)
+            if config.method != "crossget":  # ToMe has no cross tokens
+                continue
             shape = (1, tower.num_layers, tower.width)
             param = kept[id(tower.holder)]
             if not isinstance(param, nn.Parameter) or tuple(param.shape) != shape:
@@ -231,6 +262,7 @@ class Adapter:
         for module in model.modules():
             if hasattr(module, SCHEDULE_ATTR):
                 delattr(module, SCHEDULE_ATTR)
+                delattr(module, METHOD_ATTR)
                 for name in ("cross_image", "cross_text"):
                     if name in module._parameters:
                         del module._parameters[name]

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..core import TokenState
 from ..errors import CrossGetError
-from .base import Adapter, ModelInputs, Tower, append_cross_slot, register_adapter, run_blocks, split_heads, uses_reduced_path
+from .base import Adapter, ModelInputs, Tower, register_adapter, run_tower, split_heads, tower_state, uses_reduced_path
 
 _MASKABLE_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention")
 
@@ -56,7 +56,7 @@ def _block_forward(layer: nn.Module, x: torch.Tensor, state: TokenState, r: int)
     )
     x = x + attn.out_proj(out.reshape(x.shape[0], x.shape[1], -1))
     if r > 0:
-        x = state.reduce(x, k, q, r)
+        x = state.reduce(x, k, q, r, heads)
     return x + layer.mlp(layer.layer_norm2(x))
 
 
@@ -71,10 +71,7 @@ class _ReducingVisionTower:
         x = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         x = self.pre_layrnorm(x)
         encoder = self.encoder
-        x = run_blocks(
-            append_cross_slot(x), encoder.layers, _block_forward, encoder.crossget_schedule, encoder.cross_image, TokenState()
-        )
-        x = x[:, :-1]
+        x = run_tower(x, encoder, "cross_image", encoder.layers, _block_forward, tower_state(encoder))
         return _output(x, self.post_layernorm(x[:, 0]))
 
 
@@ -97,10 +94,8 @@ class _ReducingTextTower:
             pooled_idx = input_ids.argmax(dim=-1)
         else:
             pooled_idx = (input_ids == eos).int().argmax(dim=-1)
-        state = TokenState.for_text(input_ids, pooled_idx, with_cross_slot=True)
-        x = run_blocks(
-            append_cross_slot(x, pooled_idx), encoder.layers, _block_forward, encoder.crossget_schedule, encoder.cross_text, state
-        )
+        state = tower_state(encoder, input_ids=input_ids, pooled_idx=pooled_idx)
+        x = run_tower(x, encoder, "cross_text", encoder.layers, _block_forward, state)
         x = self.final_layer_norm(x)
         return _output(x, x[torch.arange(x.shape[0], device=x.device), state.pooled_idx])
 

@@ -20,11 +20,11 @@ from .base import (
     Adapter,
     ModelInputs,
     Tower,
-    append_cross_slot,
     merge_heads,
     register_adapter,
-    run_blocks,
+    run_tower,
     split_heads,
+    tower_state,
     uses_reduced_path,
 )
 
@@ -83,21 +83,19 @@ def _block_forward(block: nn.Module, x: torch.Tensor, state: TokenState, r: int)
         out = block.ln_attn(out)
     x = x + block.ls_1(out)
     if r > 0:
-        x = state.reduce(x, k, q, r)
+        x = state.reduce(x, k, q, r, heads)
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 class _ReducingVisionTransformer:
-    """Mixin for the vision ``Transformer``: appends the cross slot (a copy of the
-    CLS token; the reference copies it before ``ln_pre``, which is per-token, so
-    this is the same), runs the CrossGET blocks and drops the slot again."""
+    """Mixin for the vision ``Transformer``: runs the reducing blocks. The CrossGET
+    cross slot is a copy of CLS appended after ``ln_pre``; the reference copies it
+    before, but LayerNorm is per-token, so this is the same."""
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         if not self.batch_first:
             x = x.transpose(0, 1)
-        state = TokenState()
-        x = run_blocks(append_cross_slot(x), self.resblocks, _block_forward, self.crossget_schedule, self.cross_image, state)
-        x = x[:, :-1]
+        x = run_tower(x, self, "cross_image", self.resblocks, _block_forward, tower_state(self))
         return x if self.batch_first else x.transpose(0, 1)
 
 
@@ -115,16 +113,8 @@ def _encode_text_reduced(owner: nn.Module, text: torch.Tensor, token_embeddings:
     dtype = transformer.get_cast_dtype()
     tokens = owner.token_embedding(text) if token_embeddings is None else token_embeddings
     x = tokens.to(dtype) + owner.positional_embedding[: text.shape[1]].to(dtype)
-    pooled_idx = _pooled_index(owner, text)
-    state = TokenState.for_text(text, pooled_idx, with_cross_slot=True)
-    x = run_blocks(
-        append_cross_slot(x, pooled_idx),
-        transformer.resblocks,
-        _block_forward,
-        transformer.crossget_schedule,
-        transformer.cross_text,
-        state,
-    )
+    state = tower_state(transformer, input_ids=text, pooled_idx=_pooled_index(owner, text))
+    x = run_tower(x, transformer, "cross_text", transformer.resblocks, _block_forward, state)
     x = owner.ln_final(x)
     pooled = x[torch.arange(x.shape[0], device=x.device), state.pooled_idx]
     projection = owner.text_projection

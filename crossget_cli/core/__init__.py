@@ -1,6 +1,6 @@
 """The CrossGET algorithm as pure tensor functions (no model code, no I/O)."""
 
-from .matching import MergePlan, clamp_r, complete_graph_matching, protected_indices, token_schedule
+from .matching import MergePlan, bipartite_matching, clamp_r, complete_graph_matching, protected_indices, token_schedule
 from .merge import ensemble_merge, merge_sum
 from .losses import contrastive_loss, js_loss
 from .state import TokenState, collect_cross_tokens, trace_reduction
@@ -8,6 +8,7 @@ from .state import TokenState, collect_cross_tokens, trace_reduction
 __all__ = [
     "MergePlan",
     "TokenState",
+    "bipartite_matching",
     "clamp_r",
     "collect_cross_tokens",
     "contrastive_loss",

@@ -140,3 +140,38 @@ def token_schedule(num_tokens: int, rs: "list[int] | tuple[int, ...]", num_prote
     for r in rs:
         counts.append(counts[-1] - clamp_r(r, counts[-1], num_protected))
     return counts
+
+
+@torch.no_grad()
+def bipartite_matching(metric: torch.Tensor, r: int, protected: torch.Tensor) -> MergePlan:
+    """ToMe's bipartite soft matching (Bolya et al., 2023), as a :class:`MergePlan`.
+
+    Tokens alternate into sets A (even positions) and B (odd). Each A token's
+    best cosine match in B is an edge; the ``r`` strongest edges merge their A
+    token into its B partner. Protected tokens are neither merged away nor
+    merged into. The weights are (0.5, 0.5), which makes :func:`ensemble_merge`
+    the size-weighted average of ToMe's ``merge_wavg``.
+
+    Args:
+        metric: ``[N, T, C]`` keys (ToMe averages them over heads).
+        r: tokens to remove; must already be clamped with :func:`clamp_r`.
+        protected: ``[N, P]`` indices that are never merged.
+    """
+    metric = metric.float()
+    unit = metric / metric.norm(dim=-1, keepdim=True)
+    n, t, _ = unit.shape
+    a_idx = torch.arange(0, t, 2, device=unit.device)
+    b_idx = torch.arange(1, t, 2, device=unit.device)
+    scores = unit[:, 0::2] @ unit[:, 1::2].transpose(1, 2)  # [N, A, B]
+    is_protected = torch.zeros(n, t, dtype=torch.bool, device=unit.device).scatter_(1, protected, True)
+    scores = scores.masked_fill(is_protected[:, 0::2, None], NEG_INF).masked_fill(is_protected[:, None, 1::2], NEG_INF)
+    best, partner = scores.max(dim=-1)  # [N, A]
+    order = best.argsort(dim=-1, descending=True)
+    src_idx = a_idx[order[:, :r]]
+    dst_idx = b_idx[partner.gather(1, order[:, :r])]
+
+    is_kept = torch.ones(n, t, dtype=torch.long, device=unit.device).scatter_(1, src_idx, 0)
+    keep_idx = (1 - is_kept).argsort(dim=1, stable=True)[:, : t - r]  # kept first, ascending; no host sync
+    dst_slot = (is_kept.cumsum(dim=1) - 1).gather(1, dst_idx)
+    weight = torch.full((n, r, 2), 0.5, device=unit.device)
+    return MergePlan(src_idx, keep_idx, dst_slot, weight, keep_idx, dst_slot)

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import torch
 
-from .matching import MergePlan, clamp_r, complete_graph_matching, protected_indices
+from .matching import MergePlan, bipartite_matching, clamp_r, complete_graph_matching, protected_indices
 from .merge import ensemble_merge
 
 
@@ -87,6 +87,8 @@ class TokenState:
         pooled_idx: ``[N]`` int64 position of the pooled EOT token (text only);
             EOT is protected, so its new slot is the count of kept tokens before it.
         causal: whether the tower attends causally (text).
+        method: ``"crossget"`` (cross slot last, cross-guided complete-graph
+            matching) or ``"tome"`` (no cross slot, bipartite matching).
         cross_inputs: the cross token injected before each block, ``[N, D]``.
         trace: the list of :func:`trace_reduction`, if one is active.
     """
@@ -95,18 +97,24 @@ class TokenState:
     token_ids: torch.Tensor | None = None
     pooled_idx: torch.Tensor | None = None
     causal: bool = False
+    method: str = "crossget"
     cross_inputs: list[torch.Tensor] = field(default_factory=list)
     trace: list[dict] | None = field(default_factory=_current_trace)
     last_plan: MergePlan | None = None
 
     @classmethod
-    def for_text(cls, input_ids: torch.Tensor, pooled_idx: torch.Tensor, with_cross_slot: bool) -> "TokenState":
+    def for_text(cls, input_ids: torch.Tensor, pooled_idx: torch.Tensor, with_cross_slot: bool, method: str = "crossget") -> "TokenState":
         """State for a text tower; ``with_cross_slot`` extends the ids by the
         SOT id for the appended cross token, as the reference does."""
         ids = input_ids.float()
         if with_cross_slot:
             ids = torch.cat([ids, ids[:, :1]], dim=1)
-        return cls(token_ids=ids, pooled_idx=pooled_idx.long(), causal=True)
+        return cls(token_ids=ids, pooled_idx=pooled_idx.long(), causal=True, method=method)
+
+    @property
+    def num_protected(self) -> int:
+        """CLS/SOT, the cross slot (CrossGET only) and EOT (text)."""
+        return 1 + (self.method == "crossget") + (self.pooled_idx is not None)
 
     def inject_cross(self, x: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
         """Overwrite the last slot with ``sg(g) + cross`` (SPEC §3): ``g`` is the
@@ -135,25 +143,33 @@ class TokenState:
         bias = self.sizes.log().to(x.dtype).view(x.shape[0], 1, 1, t)
         return bias if causal is None else bias + causal
 
-    def reduce(self, x: torch.Tensor, keys: torch.Tensor, queries: torch.Tensor, r: int) -> torch.Tensor:
+    def reduce(self, x: torch.Tensor, keys: torch.Tensor, queries: torch.Tensor, r: int, num_heads: int = 1) -> torch.Tensor:
         """One reduction step after the attention residual (SPEC §1 step 3).
 
         ``keys`` and ``queries`` are ``[N, T, D]`` full-width projections with
-        bias; the guide is the cross token's query (vision) or the EOT's (text).
+        bias. CrossGET matches on the full-width keys, guided by the cross token's
+        query (vision) or the EOT's (text); ToMe matches on the keys averaged over
+        the ``num_heads`` heads.
         """
         n, t, _ = x.shape
-        r = clamp_r(r, t, 2 if self.pooled_idx is None else 3)
+        r = clamp_r(r, t, self.num_protected)
         if r == 0:
             return x
         with torch.profiler.record_function(REDUCE_LABEL):
-            return self._reduce(x, keys, queries, r)
+            return self._reduce(x, keys, queries, r, num_heads)
 
-    def _reduce(self, x: torch.Tensor, keys: torch.Tensor, queries: torch.Tensor, r: int) -> torch.Tensor:
+    def _reduce(self, x: torch.Tensor, keys: torch.Tensor, queries: torch.Tensor, r: int, num_heads: int) -> torch.Tensor:
         n, t, _ = x.shape
-        protected = protected_indices(n, t, self.pooled_idx, x.device)
-        rows = torch.arange(n, device=x.device)
-        guide = queries[:, -1] if self.pooled_idx is None else queries[rows, self.pooled_idx]
-        plan = complete_graph_matching(keys, guide, r, protected)
+        if self.method == "tome":
+            protected = torch.zeros(n, 1, dtype=torch.long, device=x.device)
+            if self.pooled_idx is not None:
+                protected = torch.cat([protected, self.pooled_idx.view(n, 1)], dim=1)
+            plan = bipartite_matching(keys.view(n, t, num_heads, -1).mean(dim=2), r, protected)
+        else:
+            protected = protected_indices(n, t, self.pooled_idx, x.device)
+            rows = torch.arange(n, device=x.device)
+            guide = queries[:, -1] if self.pooled_idx is None else queries[rows, self.pooled_idx]
+            plan = complete_graph_matching(keys, guide, r, protected)
         if self.trace is not None:
             self.last_plan = plan
         x, self.sizes, self.token_ids = ensemble_merge(x, self.sizes, plan, self.token_ids)
