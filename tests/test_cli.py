@@ -183,5 +183,7 @@ def test_compress_report_holds_a_speed_profile(checkpoint, tmp_path):
     profile = json.loads((tmp_path / "out" / "report.json").read_text())["profile"]
     assert [run["label"] for run in profile["runs"]] == ["original", "rv4_rl0"]
     assert profile["runs"][1]["latency_ms"]["image"] > 0
-    quiet = runner.invoke(app, ["compress", "-m", str(checkpoint), "--vision-r", "4", "-o", str(tmp_path / "o2"), "--no-speed", "--json"])
+    quiet = runner.invoke(
+        app, ["compress", "-m", str(checkpoint), "--vision-r", "4", "-o", str(tmp_path / "o2"), "--no-speed", "--json"]
+    )
     assert "profile" not in json.loads(quiet.stdout)["report"]

@@ -61,7 +61,7 @@ class Tower:
         if schedule is None or (self.modality == "text" and not any(r > 0 for r in schedule)):
             return [self.num_tokens - 1] * (self.num_layers + 1)
         if method == "tome":
-            return token_schedule(self.num_tokens - 1, schedule, self.num_protected - 1)
+            return token_schedule(self.num_tokens - 1, schedule, self.num_protected - 1, bipartite=True)
         return token_schedule(self.num_tokens, schedule, self.num_protected)
 
     @property

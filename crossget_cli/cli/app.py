@@ -132,6 +132,9 @@ def compress(
     text_r: Annotated[
         Optional[str], typer.Option("--text-r", help="Tokens merged per text layer: 6, or one value per layer.")
     ] = None,
+    method: Annotated[
+        Optional[str], typer.Option("--method", help="crossget (default, or the recipe's) or tome (the ToMe baseline).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
     speed: Annotated[
         bool, typer.Option("--speed/--no-speed", help="Add a short batch-1 throughput/latency profile to report.json.")
@@ -264,6 +267,7 @@ def compress(
             recipe=recipe_obj,
             vision_r=parse_r("--vision-r", vision_r),
             text_r=parse_r("--text-r", text_r),
+            method=method,
             overwrite=overwrite,
             measure_speed=speed,
             finetune=finetune_config,
@@ -391,6 +395,9 @@ def profile(
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed forwards per setting and batch size.")] = 3,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed forwards per setting and batch size (median reported).")] = 10,
     towers: Annotated[str, typer.Option("--towers", help="both, image or text.")] = "both",
+    method: Annotated[
+        str, typer.Option("--method", help="crossget or tome (the ToMe baseline) for every swept run.")
+    ] = "crossget",
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of throughput and GMACs against r.")] = None,
     accuracy: Annotated[
         Optional[Path], typer.Option("--accuracy", help="JSON mapping run label (e.g. rv16_rl0) to accuracy, for the plot.")
@@ -422,6 +429,7 @@ def profile(
         warmup=warmup,
         repeats=repeats,
         towers=towers,
+        method=method,
     )
     with progress_bar("profiling") as advance:
         report = profile_model(loaded.model, config, progress=advance, model_name=loaded.source)

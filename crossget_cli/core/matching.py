@@ -50,9 +50,14 @@ class MergePlan:
         return self.ranked_keep_idx.gather(1, self.ranked_dst_pos)
 
 
-def clamp_r(r: int, num_tokens: int, num_protected: int) -> int:
-    """Largest usable r for a step: at most half the unprotected tokens (SPEC §1)."""
-    return max(0, min(int(r), (num_tokens - num_protected) // 2))
+def clamp_r(r: int, num_tokens: int, num_protected: int, bipartite: bool = False) -> int:
+    """Largest usable r for a step: at most half the unprotected tokens (SPEC §1).
+    Bipartite matching (ToMe) also needs that many unprotected tokens in its
+    source set (the even positions), whichever set the protected tokens fall in."""
+    limit = (num_tokens - num_protected) // 2
+    if bipartite:
+        limit = min(limit, (num_tokens + 1) // 2 - num_protected)
+    return max(0, min(int(r), limit))
 
 
 def protected_indices(batch: int, num_tokens: int, pooled_idx: torch.Tensor | None, device) -> torch.Tensor:
@@ -133,12 +138,12 @@ def complete_graph_matching(
     return MergePlan(src_idx, keep_idx, dst_slot, weight, ranked_keep, ranked_dst_pos)
 
 
-def token_schedule(num_tokens: int, rs: "list[int] | tuple[int, ...]", num_protected: int) -> list[int]:
+def token_schedule(num_tokens: int, rs: "list[int] | tuple[int, ...]", num_protected: int, bipartite: bool = False) -> list[int]:
     """Tokens entering each layer and leaving the last: ``len(rs) + 1`` counts,
     with r clamped at every layer as the forward does."""
     counts = [num_tokens]
     for r in rs:
-        counts.append(counts[-1] - clamp_r(r, counts[-1], num_protected))
+        counts.append(counts[-1] - clamp_r(r, counts[-1], num_protected, bipartite))
     return counts
 
 

@@ -103,7 +103,9 @@ class TokenState:
     last_plan: MergePlan | None = None
 
     @classmethod
-    def for_text(cls, input_ids: torch.Tensor, pooled_idx: torch.Tensor, with_cross_slot: bool, method: str = "crossget") -> "TokenState":
+    def for_text(
+        cls, input_ids: torch.Tensor, pooled_idx: torch.Tensor, with_cross_slot: bool, method: str = "crossget"
+    ) -> "TokenState":
         """State for a text tower; ``with_cross_slot`` extends the ids by the
         SOT id for the appended cross token, as the reference does."""
         ids = input_ids.float()
@@ -152,7 +154,7 @@ class TokenState:
         the ``num_heads`` heads.
         """
         n, t, _ = x.shape
-        r = clamp_r(r, t, self.num_protected)
+        r = clamp_r(r, t, self.num_protected, bipartite=self.method == "tome")
         if r == 0:
             return x
         with torch.profiler.record_function(REDUCE_LABEL):

@@ -60,6 +60,7 @@ def compress(
     recipe: str | Path | Recipe | None = None,
     vision_r=None,
     text_r=None,
+    method: str | None = None,
     overwrite: bool = False,
     measure_speed: bool = True,
     finetune: FinetuneConfig | CoopRun | None = None,
@@ -84,7 +85,7 @@ def compress(
     check_output(output, overwrite)
     reduction = replace(
         recipe.reduction,
-        **{k: v for k, v in {"vision_r": vision_r, "text_r": text_r}.items() if v is not None},
+        **{k: v for k, v in {"vision_r": vision_r, "text_r": text_r, "method": method}.items() if v is not None},
     )
     config = reduction.to_config()
 

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..api import patch, unpatch
-from ..config import plain_r, validate_r
+from ..config import METHODS, plain_r, validate_r
 from ..errors import CrossGetError
 from ..core.state import REDUCE_LABEL
 from .flops import model_macs
@@ -117,6 +117,7 @@ class ProfileConfig:
         warmup: untimed forwards per setting, tower and batch size.
         repeats: timed forwards per setting, tower and batch size.
         towers: ``"both"``, ``"image"`` or ``"text"``.
+        method: ``"crossget"`` or ``"tome"`` for every swept run.
     """
 
     vision_r: Sequence = (16,)
@@ -129,6 +130,7 @@ class ProfileConfig:
     warmup: int = 3
     repeats: int = 10
     towers: str = "both"
+    method: str = "crossget"
 
     def __post_init__(self):
         setattr_ = functools.partial(object.__setattr__, self)
@@ -159,6 +161,8 @@ class ProfileConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise CrossGetError(f"{name} must be an integer >= {low}, got {value!r}", "e.g. warmup=3, repeats=10")
+        if self.method not in METHODS:
+            raise CrossGetError(f"unknown method {self.method!r}", f"choose one of: {', '.join(METHODS)}")
         if self.towers not in TOWER_CHOICES:
             raise CrossGetError(f"unknown towers {self.towers!r}", f"choose one of: {', '.join(TOWER_CHOICES)}")
         setattr_("compile", bool(self.compile))
@@ -183,6 +187,7 @@ class ProfileConfig:
             "warmup": self.warmup,
             "repeats": self.repeats,
             "towers": self.towers,
+            "method": self.method,
         }
 
 
@@ -190,14 +195,16 @@ class ProfileConfig:
 
 
 def run_label(vision_r, text_r, method: str = "crossget") -> str:
-    """``"original"`` for the baseline, else e.g. ``"rv16_rl6"``."""
+    """``"original"`` for the baseline, else e.g. ``"rv16_rl6"`` (CrossGET) or
+    ``"tome_rv16_rl6"``."""
     if method == "none":
         return "original"
 
     def part(r):
         return str(r) if isinstance(r, int) else "[" + ",".join(map(str, r)) + "]"
 
-    return f"rv{part(vision_r)}_rl{part(text_r)}"
+    prefix = "" if method == "crossget" else f"{method}_"
+    return f"{prefix}rv{part(vision_r)}_rl{part(text_r)}"
 
 
 @dataclass
@@ -471,7 +478,8 @@ def profile_model(
     variants = []
     for vision_r, text_r in config.settings():
         copy_ = _share_weights_copy(base)
-        variants.append(_Variant(vision_r, text_r, "crossget", patch(copy_, vision_r=vision_r, text_r=text_r).eval()))
+        patched = patch(copy_, vision_r=vision_r, text_r=text_r, method=config.method).eval()
+        variants.append(_Variant(vision_r, text_r, config.method, patched))
     variants.insert(0, _Variant(0, 0, "none", unpatch(base).eval()))
 
     sizes = sorted(set(config.batch_sizes) | {1})
