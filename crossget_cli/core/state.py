@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 
@@ -23,57 +22,47 @@ from .merge import ensemble_merge
 #: merging), so profilers can report the time CrossGET itself costs.
 REDUCE_LABEL = "crossget.reduce"
 
-# The active trace, if any. A module global rather than a ContextVar so that
-# torch.compile traces the patched forward without a graph break.
-_active_trace: list | None = None
+class _Slot:
+    """A module-level value that a context manager sets for the duration of a
+    block. Not a ContextVar: torch.compile reads module globals without a graph
+    break. Not thread-safe, like any module global."""
+
+    def __init__(self):
+        self.value = None
+
+    @contextlib.contextmanager
+    def holding(self, value):
+        previous, self.value = self.value, value
+        try:
+            yield value
+        finally:
+            self.value = previous
 
 
-def _current_trace() -> list | None:
-    return _active_trace
+_TRACE = _Slot()
+_CROSS = _Slot()
 
 
-@contextlib.contextmanager
-def trace_reduction() -> Iterator[list[dict]]:
+def trace_reduction() -> contextlib.AbstractContextManager[list[dict]]:
     """Record every block of every patched tower run inside the block.
 
     Yields a list that receives, per block, a dict with ``modality``
     (``"vision"``/``"text"``), ``layer``, ``x`` (block output ``[N, T, D]``),
     ``sizes``, ``token_ids``, ``cross_in`` and ``plan`` (the :class:`MergePlan`,
-    or ``None``). For inspection and tests (not thread-safe, eager mode); a
-    normal forward pays one lookup.
+    or ``None``). For inspection and tests (eager mode); a normal forward pays
+    one lookup.
     """
-    global _active_trace
-    records: list[dict] = []
-    previous, _active_trace = _active_trace, records
-    try:
-        yield records
-    finally:
-        _active_trace = previous
+    return _TRACE.holding([])
 
 
-# Cross tokens injected by patched towers while `collect_cross_tokens` is active.
-_active_cross: dict | None = None
-
-
-def _current_cross() -> dict | None:
-    return _active_cross
-
-
-@contextlib.contextmanager
-def collect_cross_tokens() -> Iterator[dict[str, list[torch.Tensor]]]:
+def collect_cross_tokens() -> contextlib.AbstractContextManager[dict[str, list[torch.Tensor]]]:
     """Collect the cross tokens each patched tower injects, for L_JS (SPEC §4).
 
     Yields ``{"vision": [...], "text": [...]}``: one ``[L*N, D]`` tensor per
     tower forward, layer-major (the rows of layer 0 first), with gradients to the
     cross-token parameters.
     """
-    global _active_cross
-    collected: dict[str, list[torch.Tensor]] = {"vision": [], "text": []}
-    previous, _active_cross = _active_cross, collected
-    try:
-        yield collected
-    finally:
-        _active_cross = previous
+    return _CROSS.holding({"vision": [], "text": []})
 
 
 @dataclass
@@ -99,7 +88,7 @@ class TokenState:
     causal: bool = False
     method: str = "crossget"
     cross_inputs: list[torch.Tensor] = field(default_factory=list)
-    trace: list[dict] | None = field(default_factory=_current_trace)
+    trace: list[dict] | None = field(default_factory=lambda: _TRACE.value)
     last_plan: MergePlan | None = None
 
     @classmethod
@@ -185,7 +174,7 @@ class TokenState:
 
     def publish_cross(self) -> None:
         """Hand the injected cross tokens to an active :func:`collect_cross_tokens`."""
-        sink = _current_cross()
+        sink = _CROSS.value
         if sink is not None and self.cross_inputs:
             sink[self.modality].append(torch.cat(self.cross_inputs))
 
