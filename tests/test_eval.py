@@ -320,3 +320,21 @@ def test_retrieval_from_a_saved_hf_dataset_with_column_mapping(flickr, tmp_path)
     assert result.exit_code == 0, result.output
     scores = json.loads(result.stdout)["results"]["retrieval"][str(tmp_path / "tiny")]
     assert scores == pytest.approx(retrieval_recall(*_independent_openclip_recall(model, flickr)))
+
+
+def test_builtin_shapes_benchmark_through_eval(tmp_path, monkeypatch):
+    """``--data builtin:shapes-test`` generates the seeded benchmark once (a small
+    preset here) and evaluates on its test split."""
+    from crossget_cli.tasks import shapes
+
+    monkeypatch.setenv("CROSSGET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(shapes.PRESETS, "shapes", shapes.ShapesConfig(grid=2, n_train=4, n_test=6))
+    save_openclip_folder(tmp_path / "tiny")
+    args = ["eval", "-m", str(tmp_path / "tiny"), "-t", "retrieval", "-d", "builtin:shapes-test", "--json"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["num_items"] == 6
+    again = runner.invoke(app, args)  # served from the cache
+    assert json.loads(again.stdout)["results"] == json.loads(first.stdout)["results"]
+    bad = runner.invoke(app, ["eval", "-m", str(tmp_path / "tiny"), "-t", "retrieval", "-d", "builtin:nope"])
+    assert bad.exit_code == 2 and "builtin:shapes" in bad.stderr

@@ -619,7 +619,14 @@ def load_retrieval(
     ``split`` filters Karpathy JSON and picks an HF split; BLIP/CSV/JSONL files are
     already one split each and ignore it. ``image_column``/``caption_column`` name the
     columns of BLIP JSON, CSV/JSONL and HF data. ``limit`` keeps the first images.
+    ``builtin:shapes-test`` style names are the seeded benchmark of :mod:`.shapes`,
+    generated on first use.
     """
+    if isinstance(source, str) and source.startswith("builtin:"):
+        from .shapes import builtin_split, resolve_builtin
+
+        split = builtin_split(source) or split
+        source = resolve_builtin(source)
     kind, value = _resolve_source(source)
     if kind == "file":
         path: Path = value
