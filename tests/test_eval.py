@@ -15,18 +15,10 @@ import crossget_cli
 from crossget_cli.cli.app import app
 from crossget_cli.tasks.retrieval import retrieval_recall
 from test_retrieval import _brute_force
-from tiny_models import BPE_TINY, save_hf_folder, save_openclip_folder
+from tiny_models import BPE_TINY, RGB, save_hf_folder, save_openclip_folder
 
 runner = CliRunner()
-COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
-RGB = {
-    "red": (220, 20, 20),
-    "green": (20, 200, 40),
-    "blue": (30, 30, 220),
-    "yellow": (240, 230, 30),
-    "purple": (140, 30, 160),
-    "orange": (250, 140, 0),
-}
+COLOURS = list(RGB)[:6]
 
 
 @pytest.fixture(scope="module")

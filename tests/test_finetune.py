@@ -19,19 +19,10 @@ from crossget_cli.errors import CrossGetError
 from crossget_cli.tasks.encoders import model_io
 from crossget_cli.tasks.finetune import FinetuneConfig, finetune
 from crossget_cli.tasks.loading import load_model
-from tiny_models import save_openclip_folder
+from tiny_models import RGB, save_openclip_folder
 
 runner = CliRunner()
-COLOURS = {
-    "red": (220, 20, 20),
-    "green": (20, 200, 40),
-    "blue": (30, 30, 220),
-    "yellow": (240, 230, 30),
-    "purple": (140, 30, 160),
-    "orange": (250, 140, 0),
-    "white": (250, 250, 250),
-    "black": (5, 5, 5),
-}
+COLOURS = RGB
 
 
 @pytest.fixture(scope="module")

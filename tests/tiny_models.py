@@ -243,3 +243,16 @@ def save_hf_folder(folder, cfg: dict = BPE_TINY, seed: int = 0):
     size = cfg["image_resolution"]
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(str(folder))
     return model
+
+
+#: Solid colours for small real test images.
+RGB = {
+    "red": (220, 20, 20),
+    "green": (20, 200, 40),
+    "blue": (30, 30, 220),
+    "yellow": (240, 230, 30),
+    "purple": (140, 30, 160),
+    "orange": (250, 140, 0),
+    "white": (250, 250, 250),
+    "black": (5, 5, 5),
+}
