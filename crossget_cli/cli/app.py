@@ -409,6 +409,7 @@ def profile(
     """FLOPs, throughput, latency, memory and matching time: original vs CrossGET, over a sweep of r."""
     from ..api import reduction_config
     from ..tasks.loading import load_model
+    from ..tasks.files import write_atomic
     from ..tasks.profile import ProfileConfig, plot_report, profile_model
     from .render import profile_table, progress_bar
 
@@ -437,9 +438,7 @@ def profile(
     if output:
         write_text_atomic(output, json.dumps(data, indent=2, default=str) + "\n")
     if plot:
-        tmp = plot.with_name(f".{plot.name}.tmp.png")
-        plot_report(report, tmp, accuracy=accuracy_data)
-        os.replace(tmp, plot)
+        write_atomic(plot, lambda tmp: plot_report(report, tmp, accuracy=accuracy_data))
     if json_out:
         print_json(data)
     else:
@@ -549,10 +548,9 @@ def _read_json(path: Path, option: str):
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from ..tasks.files import write_atomic
+
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from .merge import ensemble_merge
 #: merging), so profilers can report the time CrossGET itself costs.
 REDUCE_LABEL = "crossget.reduce"
 
+
 class _Slot:
     """A module-level value that a context manager sets for the duration of a
     block. Not a ContextVar: torch.compile reads module globals without a graph

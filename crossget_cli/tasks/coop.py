@@ -43,6 +43,7 @@ from ..core.losses import MAX_LOGIT_SCALE
 from ..errors import CrossGetError
 from .data import ClassificationData
 from .encoders import ModelIO
+from .files import write_atomic
 
 PROMPTS_FILE = "coop_prompts.safetensors"
 PROMPTS_META = "coop_prompts.json"
@@ -441,16 +442,6 @@ def evaluate_coop(
 # --------------------------------------------------------------------------- files
 
 
-def _replace_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_prompts(learner: PromptLearner, folder: str | os.PathLike) -> Path:
     """Write ``coop_prompts.safetensors`` (``ctx``) and ``coop_prompts.json`` (class
     names, ``n_ctx``, init phrase, prompt template) into ``folder``, each atomically."""
@@ -468,8 +459,8 @@ def save_prompts(learner: PromptLearner, folder: str | os.PathLike) -> Path:
         "template": learner.template,
         "width": int(ctx.shape[1]),
     }
-    _replace_atomic(folder / PROMPTS_FILE, lambda p: save_file({"ctx": ctx}, str(p), metadata={"format": PROMPTS_FORMAT}))
-    _replace_atomic(folder / PROMPTS_META, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8"))
+    write_atomic(folder / PROMPTS_FILE, lambda p: save_file({"ctx": ctx}, str(p), metadata={"format": PROMPTS_FORMAT}))
+    write_atomic(folder / PROMPTS_META, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8"))
     return folder
 
 

@@ -31,6 +31,7 @@ from ..api import patch, reduction_config
 from ..config import plain_r
 from ..errors import CrossGetError
 from ..recipes import ModelSpec, Recipe, ReductionSpec, load_recipe
+from .files import replace_folder
 from .loading import LoadedModel, build_openclip, dtype_name, load_model
 
 if TYPE_CHECKING:
@@ -287,13 +288,7 @@ def export(
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2))
         if extra_files is not None:
             extra_files(tmp)
-        if output.exists():
-            trash = output.with_name(f".{output.name}.old-{tmp.name[-8:]}")
-            output.rename(trash)
-            tmp.rename(output)
-            shutil.rmtree(trash)
-        else:
-            tmp.rename(output)
+        replace_folder(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

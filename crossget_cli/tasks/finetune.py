@@ -19,7 +19,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from ..errors import CrossGetError
 from .encoders import ModelIO
+from .files import write_atomic
 from .losses import clip_losses
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -210,12 +211,6 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def finetune(
     io: ModelIO,
     config: FinetuneConfig,
@@ -295,7 +290,7 @@ def finetune(
             "best": best,
             "config": asdict(config),
         }
-        _save_atomic(state, checkpoint)
+        write_atomic(checkpoint, lambda tmp: torch.save(state, tmp))
 
     model.train()
     local = config.batch_size // world

@@ -69,6 +69,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import CrossGetError
+from .files import replace_folder
 
 #: Bumped whenever the same config would produce different pixels or JSON.
 FORMAT_VERSION = 1
@@ -574,15 +575,9 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _replace_dir(tmp: Path, folder: Path, overwrite: bool) -> None:
-    old = None
-    if folder.exists():
-        if not overwrite:
-            raise CrossGetError(f"{folder} already exists", "pass overwrite=True or choose another folder")
-        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-        os.replace(folder, old / "data")
-    os.replace(tmp, folder)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    if folder.exists() and not overwrite:
+        raise CrossGetError(f"{folder} already exists", "pass overwrite=True or choose another folder")
+    replace_folder(tmp, folder)
 
 
 def load_hard_negatives(path: str | os.PathLike, split: str | None = "test") -> list[list[str]]:
