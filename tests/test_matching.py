@@ -62,7 +62,7 @@ def _plan(src, dst, keep, weight) -> MergePlan:
     src_t = torch.tensor([src])
     keep_t = torch.tensor([keep])
     slot = torch.tensor([[keep.index(d) for d in dst]])
-    return MergePlan(src_t, keep_t, slot, torch.tensor([weight]), keep_t, slot)
+    return MergePlan(src_t, keep_t, slot, torch.tensor([weight]))
 
 
 def test_merge_rule_is_literal_and_not_convex_for_unequal_sizes():

@@ -28,17 +28,12 @@ class MergePlan:
         dst_slot: ``[N, r]`` for each source, the position in ``keep_idx`` of the
             token it merges into.
         weight: ``[N, r, 2]`` float32 softmax over (source, destination) importance.
-        ranked_keep_idx: ``[N, T - r]`` the kept tokens in score order, as the
-            reference implementation lays them out (kept for parity checks).
-        ranked_dst_pos: ``[N, r]`` destinations as positions in ``ranked_keep_idx``.
     """
 
     src_idx: torch.Tensor
     keep_idx: torch.Tensor
     dst_slot: torch.Tensor
     weight: torch.Tensor
-    ranked_keep_idx: torch.Tensor
-    ranked_dst_pos: torch.Tensor
 
     @property
     def r(self) -> int:
@@ -47,7 +42,7 @@ class MergePlan:
     @property
     def dst_idx(self) -> torch.Tensor:
         """``[N, r]`` original index of each source's destination."""
-        return self.ranked_keep_idx.gather(1, self.ranked_dst_pos)
+        return self.keep_idx.gather(1, self.dst_slot)
 
 
 def clamp_r(r: int, num_tokens: int, num_protected: int, bipartite: bool = False) -> int:
@@ -135,7 +130,7 @@ def complete_graph_matching(
     is_kept = torch.ones_like(importance, dtype=torch.long).scatter_(1, src_idx, 0)
     slot_of = is_kept.cumsum(dim=1) - 1  # position of each kept token in keep_idx
     dst_slot = slot_of.gather(1, dst_idx)
-    return MergePlan(src_idx, keep_idx, dst_slot, weight, ranked_keep, ranked_dst_pos)
+    return MergePlan(src_idx, keep_idx, dst_slot, weight)
 
 
 def token_schedule(num_tokens: int, rs: "list[int] | tuple[int, ...]", num_protected: int, bipartite: bool = False) -> list[int]:
@@ -179,4 +174,4 @@ def bipartite_matching(metric: torch.Tensor, r: int, protected: torch.Tensor) ->
     keep_idx = (1 - is_kept).argsort(dim=1, stable=True)[:, : t - r]  # kept first, ascending; no host sync
     dst_slot = (is_kept.cumsum(dim=1) - 1).gather(1, dst_idx)
     weight = torch.full((n, r, 2), 0.5, device=unit.device)
-    return MergePlan(src_idx, keep_idx, dst_slot, weight, keep_idx, dst_slot)
+    return MergePlan(src_idx, keep_idx, dst_slot, weight)

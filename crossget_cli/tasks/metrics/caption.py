@@ -237,32 +237,27 @@ _THING = f"{_THING_PART}(?:{_HYPHEN}{_THING_PART})*"
 _SPAMP = _ci("&amp;")
 _THINGA = f"[A-Z]+(?:(?:[+&]|{_SPAMP})[A-Z]+)+"
 _THING3 = r"[A-Za-z0-9]+(?:-[A-Za-z]+){0,2}(?:\\?/[A-Za-z0-9]+(?:-[A-Za-z]+){0,2}){1,2}"
-_ACRO = (
-    r"(?:[A-Za-z](?:\.[A-Za-z])*|"
-    + _alts("Canada", "Sino", "Korean", "EU", "Japan", "non")
-    + r"-"
-    + _ci("U.S")
-    + "|"
-    + _ci("U.S.-")
-    + "(?:"
-    + _ci("U.K")
-    + "|"
-    + _ci("U.S.S.R")
-    + "))"
-)
-_ACRO2 = (
-    r"(?:[A-Za-z](?:\.[A-Za-z])+|"
-    + _alts("Canada", "Sino", "Korean", "EU", "Japan", "non")
-    + r"-"
-    + _ci("U.S")
-    + "|"
-    + _ci("U.S.-")
-    + "(?:"
-    + _ci("U.K")
-    + "|"
-    + _ci("U.S.S.R")
-    + "))"
-)
+
+
+def _acronym(dotted: str) -> str:
+    """CoreNLP's ACRO (``dotted="*"``) and ACRO2 (``"+"``, at least one dot) patterns."""
+    return (
+        rf"(?:[A-Za-z](?:\.[A-Za-z]){dotted}|"
+        + _alts("Canada", "Sino", "Korean", "EU", "Japan", "non")
+        + r"-"
+        + _ci("U.S")
+        + "|"
+        + _ci("U.S.-")
+        + "(?:"
+        + _ci("U.K")
+        + "|"
+        + _ci("U.S.S.R")
+        + "))"
+    )
+
+
+_ACRO = _acronym("*")
+_ACRO2 = _acronym("+")
 _HTHING = rf"[A-Za-z0-9][A-Za-z0-9.,\u00ad]*(?:-(?:{_ACRO2}\.|[A-Za-z0-9\u00ad]+))+"
 _REDAUX = f"{_APOS}(?:[msdMSD]|{_ci('re')}|{_ci('ve')}|{_ci('ll')})"
 _SWORD = "[A-Za-z\u00ad]*[A-MO-Za-mo-z]\u00ad*"
