@@ -486,6 +486,21 @@ def eval_command(
     templates: Annotated[
         str, typer.Option("--templates", help="Zero-shot prompts: openai-imagenet, simple, or a file with one template per line.")
     ] = "openai-imagenet",
+    itm_k: Annotated[
+        int,
+        typer.Option(
+            "--itm-k", help="Retrieval with an ITM head (BLIP): re-rank the ITC top k (BLIP: 128 Flickr, 256 COCO; 0 = ITC only)."
+        ),
+    ] = 128,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Captioning/VQA: longest generated text.")] = 20,
+    min_new_tokens: Annotated[
+        Optional[int], typer.Option("--min-new-tokens", help="Captioning/VQA: shortest generated text.")
+    ] = None,
+    num_beams: Annotated[int, typer.Option("--num-beams", help="Captioning/VQA: beam width (1 = greedy).")] = 3,
+    prompt: Annotated[
+        Optional[str],
+        typer.Option("--prompt", help="Captioning: text prefix (BLIP: 'a picture of '); VQA: template with {question}."),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images/texts per forward.")] = 64,
     num_workers: Annotated[int, typer.Option("--num-workers", help="DataLoader worker processes for images.")] = 0,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
@@ -517,6 +532,11 @@ def eval_command(
         templates=templates,
         annotations=annotations,
         vqa_variant=vqa_variant,
+        itm_k=itm_k,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        num_beams=num_beams,
+        prompt=prompt,
         batch_size=batch_size,
         num_workers=num_workers,
         device=device,

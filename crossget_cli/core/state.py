@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .matching import MergePlan, bipartite_matching, clamp_r, complete_graph_matching, protected_indices
-from .merge import ensemble_merge
+from .merge import ensemble_merge, merge_sum
 
 
 #: ``torch.profiler.record_function`` label of every reduction step (matching +
@@ -81,6 +81,9 @@ class TokenState:
             matching) or ``"tome"`` (no cross slot, bipartite matching).
         cross_inputs: the cross token injected before each block, ``[N, D]``.
         trace: the list of :func:`trace_reduction`, if one is active.
+        valid: ``[N, T]`` bool, ``False`` for padding keys that no token may
+            attend to (bidirectional text with a padding mask, e.g. BERT); a
+            merged token is valid when any of its members is. ``None``: all valid.
     """
 
     sizes: torch.Tensor | None = None
@@ -91,6 +94,7 @@ class TokenState:
     cross_inputs: list[torch.Tensor] = field(default_factory=list)
     trace: list[dict] | None = field(default_factory=lambda: _TRACE.value)
     last_plan: MergePlan | None = None
+    valid: torch.Tensor | None = None
 
     @classmethod
     def for_text(
@@ -126,6 +130,15 @@ class TokenState:
         causal triangle for text. While every size is 1 there is no bias, and a
         causal tower gets ``None`` (run with ``is_causal``) unless
         ``explicit_causal`` asks for the triangle as a mask."""
+        t = x.shape[1]
+        if self.valid is not None:
+            padding = torch.zeros(self.valid.shape, device=x.device, dtype=x.dtype).masked_fill_(~self.valid, float("-inf"))
+            padding = padding.view(x.shape[0], 1, 1, t)
+            bias = self._size_bias(x, explicit_causal)
+            return padding if bias is None else bias + padding
+        return self._size_bias(x, explicit_causal)
+
+    def _size_bias(self, x: torch.Tensor, explicit_causal: bool) -> torch.Tensor | None:
         t = x.shape[1]
         causal = None
         if self.causal and (self.sizes is not None or explicit_causal):
@@ -165,13 +178,15 @@ class TokenState:
         if self.trace is not None:
             self.last_plan = plan
         x, self.sizes, self.token_ids = ensemble_merge(x, self.sizes, plan, self.token_ids)
+        if self.valid is not None:
+            self.valid = merge_sum(self.valid[..., None].float(), plan)[..., 0] > 0
         if self.pooled_idx is not None:
             self.pooled_idx = (plan.keep_idx < self.pooled_idx[:, None]).sum(dim=1)
         return x
 
     @property
     def modality(self) -> str:
-        return "text" if self.causal else "vision"
+        return "text" if self.pooled_idx is not None else "vision"
 
     def publish_cross(self) -> None:
         """Hand the injected cross tokens to an active :func:`collect_cross_tokens`."""

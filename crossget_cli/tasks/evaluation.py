@@ -50,6 +50,11 @@ class EvalConfig:
     templates: str = "openai-imagenet"  # zeroshot prompts: a built-in name or a file
     annotations: str | None = None  # VQAv2 annotation JSON (vqa)
     vqa_variant: str = "official"  # official (current vqaEval.py) or legacy (2016 code, as BLIP/LAVIS)
+    itm_k: int = 128  # retrieval with an ITM head (BLIP): re-rank the ITC top k (0: ITC only)
+    max_new_tokens: int = 20  # captioning/vqa generation settings
+    min_new_tokens: int | None = None
+    num_beams: int = 3
+    prompt: str | None = None  # caption prefix, or a VQA template with {question}
     batch_size: int = 64
     num_workers: int = 0
     device: str = "cpu"
@@ -59,7 +64,7 @@ class EvalConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise CrossGetError(f"unknown task {self.task!r}", f"choose one of: {', '.join(TASKS)}")
-        for name, low in (("batch_size", 1), ("num_workers", 0)):
+        for name, low in (("batch_size", 1), ("num_workers", 0), ("itm_k", 0), ("max_new_tokens", 1), ("num_beams", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise CrossGetError(f"{name} must be an integer >= {low}, got {value!r}", f"e.g. --{name.replace('_', '-')} 64")
@@ -88,6 +93,9 @@ def evaluate(
     notes: list[str] = []
     for source in models:
         io = model_io(load_model(source, pretrained), config.device, config.dtype)
+        check = getattr(find_adapter(io.model), "require_task", None)
+        if check is not None:  # a model with task heads (BLIP) says which tasks it has
+            check(io.model, config.task)
         label = _unique_label(source, results)
         results[label] = _TASK_RUNNERS[config.task](io, data, config, _bind(progress, label), notes)
     return _report(config, results, data, notes)
@@ -261,7 +269,40 @@ def _run_retrieval(io: ModelIO, data, config: EvalConfig, report, notes: list[st
     images = io.encode_images(_image_batches(io, data.image_dataset(io.transform), config, report, "images"))
     texts = io.encode_texts(data.captions, config.batch_size)
     report(len(data.captions), len(data.captions), "captions")
+    adapter = find_adapter(io.model)
+    if config.itm_k > 0 and hasattr(adapter, "itm_scores"):
+        rerank = _itm_reranker(io, adapter, data, config, report)
+        _note(notes, f"retrieval re-ranks the ITC top {config.itm_k} with the ITM head (--itm-k)")
+        return retrieval_recall(images, texts, data.caption_to_image, rerank=rerank, rerank_k=config.itm_k)
     return retrieval_recall(images, texts, data.caption_to_image)
+
+
+def _itm_reranker(io: ModelIO, adapter, data, config: EvalConfig, report):
+    """Pairwise ITM scores over the (reduced) image tokens of every image, kept
+    with their token sizes, and the tokenized captions."""
+    tokens, sizes = [], []
+    with torch.inference_mode():
+        for images in _image_batches(io, data.image_dataset(io.transform), config, report, "image tokens for ITM"):
+            embeds, size = adapter.image_tokens(io.model, images.to(io.device, io.dtype))
+            tokens.append(embeds)
+            sizes.append(size)
+    tokens = torch.cat(tokens)
+    sizes = None if sizes[0] is None else torch.cat(sizes)
+    ids = torch.cat(
+        [io.tokenize(data.captions[s : s + config.batch_size]) for s in range(0, len(data.captions), config.batch_size)]
+    )
+
+    @torch.inference_mode()
+    def score(image_idx: torch.Tensor, caption_idx: torch.Tensor) -> torch.Tensor:
+        flat_i, flat_c = image_idx.reshape(-1), caption_idx.reshape(-1)
+        out = []
+        for s in range(0, flat_i.numel(), config.batch_size):
+            i, c = flat_i[s : s + config.batch_size].to(io.device), flat_c[s : s + config.batch_size]
+            size = None if sizes is None else sizes[i]
+            out.append(adapter.itm_scores(io.model, tokens[i], size, ids[c].to(io.device)).float().cpu())
+        return torch.cat(out).view(image_idx.shape)
+
+    return score
 
 
 def _run_zeroshot(io: ModelIO, data, config: EvalConfig, report, notes: list[str]) -> dict[str, float]:
@@ -304,6 +345,17 @@ def _learned_prompts(io: ModelIO, classnames: Sequence[str]):
     return learner
 
 
+def _generation(io: ModelIO, config: EvalConfig) -> dict[str, Any]:
+    """Generation settings from the flags, and the model's tokenizer to decode."""
+    return dict(
+        tokenizer=io.loaded.tokenizer,
+        prompt=config.prompt,
+        max_new_tokens=config.max_new_tokens,
+        min_new_tokens=config.min_new_tokens,
+        num_beams=config.num_beams,
+    )
+
+
 def _generator(io: ModelIO, task: str) -> Generator:
     adapter = find_adapter(io.model)
     method = "generate_captions" if task == "captioning" else "answer_questions"
@@ -319,7 +371,7 @@ def _run_captioning(io: ModelIO, data, config: EvalConfig, report, notes: list[s
     generator = _generator(io, "captioning")
     captions = []
     for images in _image_batches(io, data.image_dataset(io.transform), config, report, "images"):
-        captions += generator.generate_captions(io.model, images.to(io.device, io.dtype))
+        captions += generator.generate_captions(io.model, images.to(io.device, io.dtype), **_generation(io, config))
     ids = [str(i) for i in (data.image_ids or range(len(data.image_paths)))]
     return _caption_metrics(data, dict(zip(ids, captions)), notes)
 
@@ -330,7 +382,8 @@ def _run_vqa(io: ModelIO, data, config: EvalConfig, report, notes: list[str]) ->
     loader = DataLoader(data.image_dataset(io.transform), batch_size=config.batch_size, num_workers=config.num_workers)
     for indices, images in loader:
         questions = [data.questions[i] for i in indices.tolist()]
-        for i, answer in zip(indices.tolist(), generator.answer_questions(io.model, images.to(io.device, io.dtype), questions)):
+        batch = images.to(io.device, io.dtype)
+        for i, answer in zip(indices.tolist(), generator.answer_questions(io.model, batch, questions, **_generation(io, config))):
             answers[str(data.question_ids[i])] = answer
         report(len(answers), len(data.questions), "questions")
     return _vqa_metrics(data, answers, config)

@@ -140,6 +140,8 @@ def _load_hf(model_id: str, source: str) -> LoadedModel:
 
     from huggingface_hub import constants
 
+    transformers.utils.logging.disable_progress_bar()  # stderr is for messages and errors
+
     # Cached files first: without a network, asking the hub only costs retries.
     local_only = True
     try:

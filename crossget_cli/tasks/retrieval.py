@@ -13,9 +13,13 @@ it reorders each query's candidate list before the hits are counted.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
+
+#: ``score(image_idx, caption_idx) -> scores``, all ``[Q, k]``: a pairwise
+#: re-ranking score (BLIP's ITM logit), added to the ITC similarity.
+Reranker = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 KS = (1, 5, 10)
 
@@ -29,12 +33,25 @@ def _top_k(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: int) -> tor
     return torch.cat(out)
 
 
+def _reranked(queries: torch.Tensor, keys: torch.Tensor, k_out: int, k_rerank: int, chunk: int, score) -> torch.Tensor:
+    """``[Q, k_out]`` key indices: the ITC top ``k_rerank`` of each query reordered
+    by ``score + similarity`` (as BLIP's evaluation), then the rest in ITC order."""
+    candidates = _top_k(queries, keys, max(k_out, k_rerank), chunk)
+    head = candidates[:, :k_rerank]
+    similarity = (queries[:, None, :] * keys[head]).sum(dim=-1)
+    rows = torch.arange(queries.shape[0])[:, None].expand_as(head)
+    order = (score(rows, head).float().cpu() + similarity).argsort(dim=1, descending=True, stable=True)
+    return torch.cat([head.gather(1, order), candidates[:, k_rerank:]], dim=1)[:, :k_out]
+
+
 def retrieval_recall(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
     caption_to_image: Sequence[int],
     ks: Sequence[int] = KS,
     chunk: int = 1024,
+    rerank: Reranker | None = None,
+    rerank_k: int = 0,
 ) -> dict[str, float]:
     """Recall@k in percent, both directions, and their mean.
 
@@ -43,11 +60,17 @@ def retrieval_recall(
         text_features: ``[C, E]`` L2-normalised.
         caption_to_image: for each caption, the index of its image.
         chunk: rows of the similarity matrix computed at a time.
+        rerank: optional pairwise score that reorders the ITC top ``rerank_k`` of
+            every query in both directions (BLIP's ITM re-ranking).
     """
     owner = torch.as_tensor(list(caption_to_image), dtype=torch.long)
     k_max = max(ks)
-    image_hits = _top_k(image_features, text_features, k_max, chunk)  # [I, k] caption indices
-    text_hits = _top_k(text_features, image_features, k_max, chunk)  # [C, k] image indices
+    if rerank is not None and rerank_k > 0:
+        image_hits = _reranked(image_features, text_features, k_max, rerank_k, chunk, rerank)
+        text_hits = _reranked(text_features, image_features, k_max, rerank_k, chunk, lambda t, i: rerank(i, t))
+    else:
+        image_hits = _top_k(image_features, text_features, k_max, chunk)  # [I, k] caption indices
+        text_hits = _top_k(text_features, image_features, k_max, chunk)  # [C, k] image indices
     images = torch.arange(image_features.shape[0])
     # rank of the first correct caption of each image / of the image of each caption
     image_correct = owner[image_hits] == images[:, None]

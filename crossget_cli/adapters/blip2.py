@@ -1,0 +1,130 @@
+"""transformers BLIP-2: ``Blip2ForConditionalGeneration`` (captioning, VQA with a
+prompt) and ``Blip2ForImageTextRetrieval``.
+
+The ViT tokens that enter the Q-Former are reduced (the BLIP-style ViT of
+:mod:`.blip`, with a vision cross token); the learned queries (32 in the
+released models) stay as they are, so the language model sees the same number
+of soft tokens. The Q-Former cross-attends to the merged image tokens with
+``log(size)`` added to its cross-attention logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import CrossGetError
+from .base import Adapter, ModelInputs, Tower, register_adapter
+from .blip import (
+    _ImageConsumer,
+    _ImageSizesScope,
+    _ReducingVisionTower,
+    decode,
+    generation_kwargs,
+    is_blip_vision_tower,
+    special_id,
+    vision_tower,
+    vision_tower_spec,
+)
+
+
+def _kind(model: nn.Module) -> str | None:
+    if not hasattr(model, "qformer") or not hasattr(model, "query_tokens"):
+        return None
+    if not is_blip_vision_tower(getattr(model, "vision_model", nn.Module())):
+        return None
+    if hasattr(model, "language_model") and hasattr(model, "language_projection"):
+        return "generation"
+    if hasattr(model, "itm_head"):
+        return "retrieval"
+    return None
+
+
+def _require_generation(model: nn.Module, task: str) -> None:
+    if _kind(model) != "generation":
+        raise CrossGetError(
+            f"{type(model).__name__} has no language model for task {task!r}",
+            f"{task} needs Blip2ForConditionalGeneration; evaluate {type(model).__name__} with --task retrieval",
+        )
+
+
+@register_adapter("blip2")
+class Blip2Adapter(Adapter):
+    description = "transformers Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval"
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        return _kind(model) is not None
+
+    def kind(self, model: nn.Module) -> str:
+        return "captioning" if _kind(model) == "generation" else "retrieval"
+
+    def towers(self, model: nn.Module) -> list[Tower]:
+        return [vision_tower_spec(vision_tower(model))]
+
+    def class_swaps(self, model: nn.Module) -> list[tuple[nn.Module, type]]:
+        return [(model, _ImageSizesScope), (model.vision_model, _ReducingVisionTower), (model.qformer, _ImageConsumer)]
+
+    def inputs(self, model: nn.Module) -> ModelInputs:
+        return ModelInputs(model.config.vision_config.image_size, None, None, None, None)
+
+    def require_task(self, model: nn.Module, task: str) -> None:
+        if task in ("captioning", "vqa"):
+            _require_generation(model, task)
+        elif task != "retrieval" or _kind(model) != "retrieval":
+            raise CrossGetError(
+                f"{type(model).__name__} has no head for task {task!r}",
+                "BLIP-2 models here support captioning and vqa (Blip2ForConditionalGeneration)",
+            )
+        else:
+            raise CrossGetError(
+                "retrieval with Blip2ForImageTextRetrieval is not supported by crossget eval yet",
+                "its image feature is one vector per query; evaluate a BLIP retrieval model",
+            )
+
+    def encode_image(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The ViT's pooled output (image encoding, for FLOPs and throughput)."""
+        return model.vision_model(pixel_values=images).pooler_output
+
+    def _prompt_ids(self, model: nn.Module, tokenizer, texts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[image] * num_query_tokens + [bos] + prompt``, left-padded (decoder-only
+        generation continues every row at the same position)."""
+        config = model.config
+        image = config.image_token_index
+        queries = [image] * config.num_query_tokens if image is not None else []
+        bos = special_id(config.text_config, "bos_token_id")
+        pad = special_id(config.text_config, "pad_token_id", default=0)
+        rows = []
+        for text in texts:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+            rows.append(queries + ([bos] if bos is not None else []) + list(ids))
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for i, row in enumerate(rows):
+            input_ids[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
+        return input_ids.to(device), mask.to(device)
+
+    def _generate(self, model, images, texts, tokenizer, generation) -> list[str]:
+        if tokenizer is None:
+            raise CrossGetError("no tokenizer was saved with the model", "save the processor next to the model (save_pretrained)")
+        if model.config.image_token_index is None:
+            raise CrossGetError("the BLIP-2 config has no image_token_index", "use a transformers 4.47+ BLIP-2 checkpoint")
+        input_ids, mask = self._prompt_ids(model, tokenizer, texts, images.device)
+        with torch.inference_mode():
+            out = model.generate(pixel_values=images, input_ids=input_ids, attention_mask=mask, **generation_kwargs(generation))
+        if not model.config.use_decoder_only_language_model:
+            return decode(tokenizer, out)
+        if out.shape[1] >= input_ids.shape[1] and torch.equal(out[:, : input_ids.shape[1]], input_ids):
+            out = out[:, input_ids.shape[1] :]  # decoder-only models return the prompt too
+        return decode(tokenizer, out)
+
+    def generate_captions(self, model: nn.Module, images: torch.Tensor, tokenizer=None, prompt: str | None = None, **generation):
+        _require_generation(model, "captioning")
+        return self._generate(model, images, [prompt or ""] * images.shape[0], tokenizer, generation)
+
+    def answer_questions(self, model: nn.Module, images: torch.Tensor, questions, tokenizer=None, prompt=None, **generation):
+        _require_generation(model, "vqa")
+        template = prompt or "Question: {question} Answer:"
+        return self._generate(model, images, [template.format(question=q) for q in questions], tokenizer, generation)
