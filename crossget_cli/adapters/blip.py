@@ -181,6 +181,33 @@ class _ImageConsumer:
         )
 
 
+class _MaskedCrossAttention:
+    """``BlipTextSelfAttention`` of a cross-attention block. transformers' BLIP
+    hands the encoder mask to it as ``attention_mask`` and then reads only
+    ``encoder_attention_mask`` (so the mask is dropped); this passes it on, so
+    the size bias reaches the logits."""
+
+    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None, **kwargs):
+        if encoder_hidden_states is not None and encoder_attention_mask is None:
+            encoder_attention_mask = attention_mask
+        return super().forward(
+            hidden_states,
+            attention_mask=attention_mask,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            **kwargs,
+        )
+
+
+def _consumer_swaps(consumer: nn.Module, mixin: type) -> list[tuple[nn.Module, type]]:
+    swaps = [(consumer, mixin)]
+    for layer in consumer.encoder.layer:
+        cross = getattr(layer, "crossattention", None)
+        if cross is not None:
+            swaps.append((cross.self, _MaskedCrossAttention))
+    return swaps
+
+
 class _ReducingTextEncoder(_ImageConsumer):
     """``BlipTextModel`` of the retrieval class: the unimodal (ITC) pass runs the
     CrossGET blocks; the multimodal (ITM) pass cross-attends to the reduced
@@ -381,12 +408,10 @@ class BlipAdapter(Adapter):
         kind = _kind(model)
         swaps = [(model, _ImageSizesScope), (model.vision_model, _ReducingVisionTower)]
         if kind == "retrieval":
-            swaps.append((model.text_encoder, _ReducingTextEncoder))
-        elif kind == "vqa":
-            swaps.append((model.text_encoder, _ImageConsumer))
-        else:
-            swaps.append((model.text_decoder.bert, _ImageConsumer))
-        return swaps
+            return swaps + _consumer_swaps(model.text_encoder, _ReducingTextEncoder)
+        if kind == "vqa":
+            return swaps + _consumer_swaps(model.text_encoder, _ImageConsumer)
+        return swaps + _consumer_swaps(model.text_decoder.bert, _ImageConsumer)
 
     def inputs(self, model: nn.Module) -> ModelInputs:
         """The image size; the text side only for retrieval (the text encoder
