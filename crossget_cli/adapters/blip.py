@@ -504,6 +504,26 @@ class BlipAdapter(Adapter):
             captions = [c[len(low) :].strip() if c.lower().startswith(low) else c for c in captions]
         return captions
 
+    def generation_calls(self, model: nn.Module, images: torch.Tensor, prompt_length: int = 8):
+        """Callables for :func:`..tasks.generation.time_generation`: the ViT on
+        ``images``, and greedy ``generate`` of exactly ``n`` tokens (VQA: on a
+        random question of ``prompt_length`` tokens)."""
+        from ..tasks.generation import GenerationCalls
+
+        kind = _kind(model)
+        require_task(model, "vqa" if kind == "vqa" else "captioning", kind)
+        extra = {}
+        if kind == "vqa":
+            text = model.config.text_config
+            gen = torch.Generator().manual_seed(0)
+            ids = torch.randint(10, text.vocab_size, (images.shape[0], prompt_length), generator=gen)
+            ids[:, 0], ids[:, -1] = special_id(text, "bos_token_id", default=1), special_id(text, "sep_token_id", default=2)
+            extra = {"input_ids": ids.to(images.device), "attention_mask": torch.ones_like(ids).to(images.device)}
+        return GenerationCalls(
+            encode=lambda: model.vision_model(pixel_values=images),
+            generate=lambda n: model.generate(pixel_values=images, min_new_tokens=n, max_new_tokens=n, num_beams=1, **extra),
+        )
+
     def answer_questions(self, model: nn.Module, images: torch.Tensor, questions, tokenizer=None, prompt=None, **generation):
         require_task(model, "vqa", _kind(model))
         if tokenizer is None:

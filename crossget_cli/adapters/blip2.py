@@ -120,6 +120,27 @@ class Blip2Adapter(Adapter):
             out = out[:, input_ids.shape[1] :]  # decoder-only models return the prompt too
         return decode(tokenizer, out)
 
+    def generation_calls(self, model: nn.Module, images: torch.Tensor, prompt_length: int = 8):
+        """Callables for :func:`..tasks.generation.time_generation`: the ViT on
+        ``images``, and greedy ``generate`` of exactly ``n`` tokens after the
+        query tokens and ``prompt_length`` random prompt tokens."""
+        from ..tasks.generation import GenerationCalls
+
+        _require_generation(model, "captioning")
+        config = model.config
+        gen = torch.Generator().manual_seed(0)
+        words = torch.randint(10, config.text_config.vocab_size, (images.shape[0], prompt_length), generator=gen)
+        words[words == config.image_token_index] = 10
+        queries = torch.full((images.shape[0], config.num_query_tokens), config.image_token_index)
+        ids = torch.cat([queries, words], dim=1).to(images.device)
+        mask = torch.ones_like(ids)
+        return GenerationCalls(
+            encode=lambda: model.vision_model(pixel_values=images),
+            generate=lambda n: model.generate(
+                pixel_values=images, input_ids=ids, attention_mask=mask, min_new_tokens=n, max_new_tokens=n, num_beams=1
+            ),
+        )
+
     def generate_captions(self, model: nn.Module, images: torch.Tensor, tokenizer=None, prompt: str | None = None, **generation):
         _require_generation(model, "captioning")
         return self._generate(model, images, [prompt or ""] * images.shape[0], tokenizer, generation)

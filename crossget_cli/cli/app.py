@@ -398,6 +398,15 @@ def profile(
     method: Annotated[
         str, typer.Option("--method", help="crossget or tome (the ToMe baseline) for every swept run.")
     ] = "crossget",
+    generation: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--generation/--no-generation",
+            help="Generative models (BLIP captioning/VQA, BLIP-2): also time prefill, decode and end-to-end generation "
+            "(default: on for them).",
+        ),
+    ] = None,
+    new_tokens: Annotated[int, typer.Option("--new-tokens", help="Tokens generated per item when timing generation.")] = 20,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of throughput and GMACs against r.")] = None,
     accuracy: Annotated[
         Optional[Path], typer.Option("--accuracy", help="JSON mapping run label (e.g. rv16_rl0) to accuracy, for the plot.")
@@ -435,6 +444,25 @@ def profile(
     with progress_bar("profiling") as advance:
         report = profile_model(loaded.model, config, progress=advance, model_name=loaded.source)
     data = report.to_dict()
+    from ..adapters import find_adapter
+
+    if generation is None:
+        generation = hasattr(find_adapter(loaded.model), "generation_calls") and _generates(loaded.model)
+    if generation:
+        from ..tasks.generation import profile_generation
+
+        timings = profile_generation(
+            loaded.model,
+            config.settings(),
+            batch=max(config.batch_sizes),
+            new_tokens=new_tokens,
+            warmup=warmup,
+            repeats=repeats,
+            device=device,
+            dtype=config.torch_dtype,
+            method=method,
+        )
+        data["generation"] = [t.to_dict() for t in timings]
     if output:
         write_text_atomic(output, json.dumps(data, indent=2, default=str) + "\n")
     if plot:
@@ -443,6 +471,26 @@ def profile(
         print_json(data)
     else:
         stdout.print(profile_table(data))
+        if data.get("generation"):
+            from .render import generation_table
+
+            stdout.print(generation_table(data["generation"]))
+
+
+def _generates(model) -> bool:
+    """Whether a model with a generative adapter has a head that generates."""
+    from ..adapters import find_adapter
+
+    adapter = find_adapter(model)
+    try:
+        adapter.require_task(model, "captioning")
+        return True
+    except CrossGetError:
+        try:
+            adapter.require_task(model, "vqa")
+            return True
+        except CrossGetError:
+            return False
 
 
 @app.command("eval")

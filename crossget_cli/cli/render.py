@@ -140,3 +140,28 @@ def training_progress(enabled: bool) -> Iterator[Callable[[dict], None] | None]:
             )
 
         yield on_step
+
+
+def generation_table(rows: list[dict]) -> Table:
+    """``crossget profile`` of a generative model: one row per model setting."""
+    first = rows[0]
+    table = Table(title=f"generation: batch {first['batch']}, {first['new_tokens']} new tokens (greedy)")
+    for name in ("run", "images/s", "prefill (ms)", "decode tokens/s", "items/s", "peak MB"):
+        table.add_column(name, justify="left" if name == "run" else "right")
+
+    def cell(row, key, fmt):
+        value = row.get(key)
+        ratio = row["ratios"].get(key)
+        text = "-" if value is None else fmt.format(value)
+        return text if ratio is None or row is first else f"{text} ({ratio:.2f}x)"
+
+    for row in rows:
+        table.add_row(
+            row["label"],
+            cell(row, "images_per_s", "{:.1f}"),
+            cell(row, "prefill_ms", "{:.1f}"),
+            cell(row, "decode_tokens_per_s", "{:.1f}"),
+            cell(row, "items_per_s", "{:.2f}"),
+            "-" if row["peak_memory_mb"] is None else f"{row['peak_memory_mb']:.0f}",
+        )
+    return table
