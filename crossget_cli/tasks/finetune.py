@@ -278,6 +278,8 @@ class ClipObjective(Objective):
         itc = contrastive_loss(
             _gather(local["image_features"]), _gather(local["text_features"]), adapter.logit_scale(model), _gather(image_ids)
         )
+        if "image_cross" not in local:  # no cross tokens: ITC alone
+            return {"itc": itc, "js": local["js"], "total": itc}
         # Cross rows are layer-major per rank; gathering keeps image and text rows aligned.
         js = js_loss(_gather(local["image_cross"]), _gather(local["text_cross"]))
         return {"itc": itc, "js": js, "total": config.task_weight * itc + config.js_weight * js}
