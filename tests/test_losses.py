@@ -78,12 +78,30 @@ def test_contrastive_loss_soft_targets():
     assert shared.item() == pytest.approx(((2 * row + last) / 3).item(), rel=1e-6)
 
 
-def test_clip_losses_needs_a_patched_model_in_training_mode(golden):
+def test_clip_losses_of_a_crossget_model_need_training_mode(golden):
     from tiny_models import openclip_tiny
 
-    model = openclip_tiny()
-    with pytest.raises(CrossGetError, match="patched"):
-        crossget_cli.clip_losses(model, golden["image"], golden["text"])
-    crossget_cli.patch(model, vision_r=2, text_r=0).eval()
+    model = crossget_cli.patch(openclip_tiny(), vision_r=2, text_r=0).eval()
     with pytest.raises(CrossGetError, match="train"):
         crossget_cli.clip_losses(model, golden["image"], golden["text"])
+
+
+@pytest.mark.parametrize("method", [None, "tome"])
+def test_models_without_cross_tokens_train_on_itc_alone(golden, method):
+    """The original (and ToMe, which has no cross tokens) gets the plain CLIP loss:
+    equal to open_clip's own ClipLoss on the model's own features."""
+    from open_clip.loss import ClipLoss
+
+    from tiny_models import openclip_tiny
+
+    model = openclip_tiny().train()
+    if method:
+        crossget_cli.patch(model, vision_r=2, text_r=2, method=method)
+    out = crossget_cli.clip_losses(model, golden["image"], golden["text"])
+    image = F.normalize(model.encode_image(golden["image"]), dim=-1)
+    text = F.normalize(model.encode_text(golden["text"]), dim=-1)
+    expected = ClipLoss()(image, text, model.logit_scale.exp())
+    assert out["total"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert out["itc"] is out["total"] and out["js"].item() == 0.0
+    out["total"].backward()
+    assert model.visual.conv1.weight.grad.abs().sum() > 0

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..adapters import find_adapter
-from ..api import is_patched
+from ..api import reduction_config
 from ..core import collect_cross_tokens, contrastive_loss, js_loss
 from ..core.losses import MAX_LOGIT_SCALE
 from ..errors import CrossGetError
@@ -28,13 +28,27 @@ def clip_losses(
     two towers; ``total = itc_weight * itc + js_weight * js`` (0.5 / 0.5 as in the
     paper). Run it in training mode: that is when the text tower injects its cross
     tokens even with r = 0.
+
+    A model without cross tokens (the original, or one patched with ToMe) has no
+    L_JS: ``total = itc`` and the returned ``js`` is a zero: the plain CLIP objective
+    used for training from scratch and for the controls of an accuracy study.
     """
-    if not is_patched(model):
-        raise CrossGetError("clip_losses needs a model patched with CrossGET", "call crossget_cli.patch(model, ...) first")
     adapter = find_adapter(model)
     scale = adapter.logit_scale(model)
     with torch.no_grad():
         scale.clamp_(0, MAX_LOGIT_SCALE)
+    config = reduction_config(model)
+    if config is None or config.method != "crossget":
+        image_features = adapter.encode_image(model, images)
+        text_features = adapter.encode_text(model, texts)
+        itc = contrastive_loss(image_features, text_features, scale, image_ids)
+        return {
+            "itc": itc,
+            "js": itc.new_zeros(()),
+            "total": itc,
+            "image_features": image_features,
+            "text_features": text_features,
+        }
     with collect_cross_tokens() as cross:
         image_features = adapter.encode_image(model, images)
         text_features = adapter.encode_text(model, texts)
