@@ -64,6 +64,12 @@ class EvalSpec:
     dataset: str | None = None
     split: str | None = None
     reference: dict[str, float] = field(default_factory=dict)  # the paper's numbers, for comparison
+    # generation and re-ranking settings, defaults of `crossget eval --recipe` (flags override)
+    itm_k: int | None = None  # retrieval: ITM re-ranking of the ITC top k (BLIP)
+    max_new_tokens: int | None = None
+    min_new_tokens: int | None = None
+    num_beams: int | None = None
+    prompt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,7 @@ class Recipe:
 
 _SECTIONS = {"model": ModelSpec, "reduction": ReductionSpec, "finetune": FinetuneSpec, "eval": EvalSpec}
 _VALID_CHOICES = {
-    ("finetune", "objective"): ("clip", "coop", "llava"),
+    ("finetune", "objective"): ("clip", "coop", "llava", "blip-retrieval", "blip-caption", "blip-vqa"),
     ("finetune", "schedule"): ("cosine", "constant"),
     ("finetune", "trainable"): ("all", "cross", "prompt+cross", "cross+projector+llm"),
     ("finetune", "amp"): ("fp16", "bf16", "none"),

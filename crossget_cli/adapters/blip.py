@@ -457,13 +457,21 @@ class BlipAdapter(Adapter):
         self, model: nn.Module, image_embeds: torch.Tensor, sizes: torch.Tensor | None, token_ids: torch.Tensor
     ) -> torch.Tensor:
         """ITM logit of "match" for each (image tokens, caption) row pair."""
+        return self.itm_logits(model, image_embeds, sizes, token_ids)[:, 1]
+
+    def itm_logits(
+        self, model: nn.Module, image_embeds: torch.Tensor, sizes: torch.Tensor | None, token_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """``[N, 2]`` ITM logits (no match, match) of row-aligned image tokens
+        (with their sizes, ``None``: all 1) and captions; [CLS] becomes [ENC] as
+        in BLIP's image-grounded text encoder."""
         require_task(model, "retrieval", _kind(model))
         text_cfg = model.config.text_config
         mask = (token_ids != special_id(text_cfg, "pad_token_id", default=0)).long()
         ids = token_ids.clone()
         enc = getattr(model.config, "enc_token_id", None) or special_id(text_cfg, "bos_token_id")
         if enc is not None and enc < text_cfg.vocab_size:
-            ids[:, 0] = enc  # BLIP replaces [CLS] by [ENC] for the image-grounded encoder
+            ids[:, 0] = enc
         dtype = next(model.text_encoder.parameters()).dtype
         if sizes is None:
             image_mask = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=image_embeds.device)
@@ -472,7 +480,7 @@ class BlipAdapter(Adapter):
         out = model.text_encoder(
             input_ids=ids, attention_mask=mask, encoder_hidden_states=image_embeds, encoder_attention_mask=image_mask
         )
-        return model.itm_head(out.last_hidden_state[:, 0])[:, 1]
+        return model.itm_head(out.last_hidden_state[:, 0])
 
     def cross_norm_and_projection(self, model: nn.Module, modality: str) -> tuple[nn.LayerNorm, torch.Tensor]:
         require_task(model, "retrieval", _kind(model))

@@ -187,11 +187,16 @@ def compress(
         Optional[int], typer.Option("--checkpoint-every", help="Also checkpoint every N steps.", rich_help_panel=FT)
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from --checkpoint-dir.", rich_help_panel=FT)] = False,
+    annotations: Annotated[
+        Optional[str],
+        typer.Option("--annotations", help="blip-vqa: VQAv2 annotation JSON for --train-data questions.", rich_help_panel=FT),
+    ] = None,
     objective: Annotated[
         Optional[str],
         typer.Option(
             "--objective",
-            help="clip (ITC + L_JS on image-caption pairs), coop (prompt learning on classes), or another registered objective.",
+            help="clip (ITC + L_JS on image-caption pairs), coop (prompt learning on classes), blip-retrieval "
+            "(ITC + ITM + L_JS), blip-caption (LM + L_JS), blip-vqa (answer LM + L_JS), or another registered objective.",
             rich_help_panel=FT,
         ),
     ] = None,
@@ -251,6 +256,7 @@ def compress(
                 checkpoint_dir=checkpoint_dir,
                 checkpoint_every=checkpoint_every,
                 resume=resume,
+                annotations=annotations,
             ),
         )
     elif train_data or resume:
@@ -531,19 +537,27 @@ def eval_command(
         str, typer.Option("--templates", help="Zero-shot prompts: openai-imagenet, simple, or a file with one template per line.")
     ] = "openai-imagenet",
     itm_k: Annotated[
-        int,
+        Optional[int],
         typer.Option(
-            "--itm-k", help="Retrieval with an ITM head (BLIP): re-rank the ITC top k (BLIP: 128 Flickr, 256 COCO; 0 = ITC only)."
+            "--itm-k",
+            help="Retrieval with an ITM head (BLIP): re-rank the ITC top k (default 128; BLIP: 128 Flickr, 256 COCO; 0 = ITC only).",
         ),
-    ] = 128,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Captioning/VQA: longest generated text.")] = 20,
+    ] = None,
+    max_new_tokens: Annotated[
+        Optional[int], typer.Option("--max-new-tokens", help="Captioning/VQA: longest generated text (default 20).")
+    ] = None,
     min_new_tokens: Annotated[
         Optional[int], typer.Option("--min-new-tokens", help="Captioning/VQA: shortest generated text.")
     ] = None,
-    num_beams: Annotated[int, typer.Option("--num-beams", help="Captioning/VQA: beam width (1 = greedy).")] = 3,
+    num_beams: Annotated[
+        Optional[int], typer.Option("--num-beams", help="Captioning/VQA: beam width (default 3; 1 = greedy).")
+    ] = None,
     prompt: Annotated[
         Optional[str],
         typer.Option("--prompt", help="Captioning: text prefix (BLIP: 'a picture of '); VQA: template with {question}."),
+    ] = None,
+    recipe: Annotated[
+        Optional[Path], typer.Option("--recipe", "-r", help="Recipe whose eval section gives generation/re-ranking defaults.")
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images/texts per forward.")] = 64,
     num_workers: Annotated[int, typer.Option("--num-workers", help="DataLoader worker processes for images.")] = 0,
@@ -576,11 +590,9 @@ def eval_command(
         templates=templates,
         annotations=annotations,
         vqa_variant=vqa_variant,
-        itm_k=itm_k,
-        max_new_tokens=max_new_tokens,
-        min_new_tokens=min_new_tokens,
-        num_beams=num_beams,
-        prompt=prompt,
+        **_generation_settings(
+            recipe, itm_k=itm_k, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, num_beams=num_beams, prompt=prompt
+        ),
         batch_size=batch_size,
         num_workers=num_workers,
         device=device,
@@ -600,6 +612,15 @@ def eval_command(
         print_json(report)
     else:
         stdout.print(eval_table(report))
+
+
+def _generation_settings(recipe: Optional[Path], **flags) -> dict:
+    """Generation/re-ranking settings: flags over the recipe's eval section over the defaults."""
+    from ..recipes import load_recipe
+
+    spec = load_recipe(recipe).eval if recipe else None
+    from_recipe = {k: getattr(spec, k) for k in flags if spec is not None and getattr(spec, k) is not None}
+    return {**from_recipe, **{k: v for k, v in flags.items() if v is not None}}
 
 
 def _read_json(path: Path, option: str):

@@ -76,6 +76,7 @@ class FinetuneConfig:
     resume: bool = False
     log_every: int = 1
     limit: int | None = None  # use only the first N training images
+    annotations: str | None = None  # VQA answers (VQAv2 annotation JSON) for VQA objectives
 
     def __post_init__(self):
         positive = ("epochs", "batch_size", "grad_accum", "log_every")
@@ -460,3 +461,6 @@ def finetune(
     for param in model.parameters():
         param.requires_grad_(True)
     return FinetuneResult(step, last_loss, history, best, config)
+
+
+from . import blip_finetune  # noqa: E402,F401  (registers the BLIP objectives)
