@@ -233,7 +233,7 @@ def test_torch_compile_matches_eager(adapter_name):
     assert torch.allclose(compiled, eager, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("adapter_name,model_name", [c for c in CASES if "Vision" not in c[1]])
+@pytest.mark.parametrize("adapter_name,model_name", [c for c in CASES if "Vision" not in c[1] and "Blip" not in c[1]])
 def test_token_embeddings_replace_the_lookup(adapter_name, model_name):
     """Prompt learning feeds embeddings instead of ids: the lookup's own
     embeddings must give the ids' features."""

@@ -22,7 +22,17 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]", "<ima
 VOCAB = SPECIAL + WORDS  # ids: [PAD]=0 [CLS]=2 [SEP]=3 [DEC]=5 [ENC]=6 <image>=7
 VOCAB_SIZE = 64
 
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
+# BLIP's vision config initialises with std 1e-10, which makes a random ViT's output
+# independent of the image; the usual 0.02 gives tiny models that see their input.
+VISION = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=32,
+    patch_size=8,
+    initializer_range=0.02,
+)
 TEXT = dict(
     vocab_size=VOCAB_SIZE,
     hidden_size=32,
@@ -70,7 +80,7 @@ def blip(kind: str, seed: int = 0, **overrides) -> torch.nn.Module:
     return BLIP_CLASSES[kind](blip_config(**overrides)).eval()
 
 
-def blip2(kind: str = "generation", seed: int = 0, num_query_tokens: int = 4) -> torch.nn.Module:
+def blip2(kind: str = "generation", seed: int = 0, num_query_tokens: int = 4, vision: dict | None = None) -> torch.nn.Module:
     torch.manual_seed(seed)
     qformer = dict(
         vocab_size=VOCAB_SIZE,
@@ -96,7 +106,7 @@ def blip2(kind: str = "generation", seed: int = 0, num_query_tokens: int = 4) ->
         eos_token_id=3,
     )
     config = Blip2Config(
-        vision_config=VISION,
+        vision_config={**VISION, **(vision or {})},
         qformer_config=qformer,
         text_config=opt,
         num_query_tokens=num_query_tokens,

@@ -7,6 +7,8 @@ import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from transformers import CLIPConfig, CLIPModel
 
+import tiny_blip
+
 # The official CLIP constructor arguments, as in the golden file.
 TINY = dict(
     embed_dim=32,
@@ -156,6 +158,8 @@ def _hf_tower(cls_name: str, modality: str):
 
 
 # Every registered adapter needs at least one tiny model here (tests sweep them).
+_FOUR = {"num_hidden_layers": 4}
+
 TINY_MODELS = {
     "openclip": {"openclip-CLIP": openclip_tiny},
     "hf-clip": {
@@ -165,6 +169,16 @@ TINY_MODELS = {
         "CLIPVisionModelWithProjection": _hf_tower("CLIPVisionModelWithProjection", "vision"),
         "CLIPTextModel": _hf_tower("CLIPTextModel", "text"),
         "CLIPTextModelWithProjection": _hf_tower("CLIPTextModelWithProjection", "text"),
+    },
+    # Four layers per tower, as the sweeps of test_adapters.py expect.
+    "blip": {
+        "BlipForImageTextRetrieval": lambda: tiny_blip.blip("retrieval", vision=_FOUR, text=_FOUR),
+        "BlipForConditionalGeneration": lambda: tiny_blip.blip("captioning", vision=_FOUR, text=_FOUR),
+        "BlipForQuestionAnswering": lambda: tiny_blip.blip("vqa", vision=_FOUR, text=_FOUR),
+    },
+    "blip2": {
+        "Blip2ForConditionalGeneration": lambda: tiny_blip.blip2("generation", vision=_FOUR),
+        "Blip2ForImageTextRetrieval": lambda: tiny_blip.blip2("retrieval", vision=_FOUR),
     },
 }
 
