@@ -54,7 +54,7 @@ def _features(model, images, texts):
 def _randomise_cross(model):
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if "cross" in name:
+            if name.endswith(("cross_image", "cross_text")):  # not BLIP's "crossattention" weights
                 param.normal_(0, 0.5)
 
 

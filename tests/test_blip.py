@@ -391,7 +391,15 @@ def test_eval_vqa_end_to_end(folders, data, tmp_path, name):
 
 
 @pytest.mark.parametrize(
-    "name,task", [("captioning", "vqa"), ("captioning", "retrieval"), ("vqa", "captioning"), ("retrieval", "captioning")]
+    "name,task",
+    [
+        ("captioning", "vqa"),
+        ("captioning", "retrieval"),
+        ("vqa", "captioning"),
+        ("retrieval", "captioning"),
+        ("blip2", "retrieval"),
+        ("blip2-itm", "captioning"),
+    ],
 )
 def test_task_without_a_head_is_one_line_exit_2(folders, data, name, task):
     args = ["eval", "-m", str(folders[name]), "-t", task, "--image-root", str(data)]
@@ -440,3 +448,64 @@ def test_finetune_objectives_through_compress(folders, data, tmp_path, name, obj
     model = crossget_cli.load(str(tmp_path / "out"))
     towers = find_adapter(model).towers(model)
     assert all(t.cross.abs().sum() > 0 for t in towers)  # trained away from the zero init
+
+
+@pytest.mark.parametrize("r", [0, 4])
+def test_blip2_retrieval_scores_match_the_model_forward(folders, r):
+    """The adapter's ITC (best query) and ITM paths give the model's own
+    ``logits_per_image``, unpatched and patched (where both use the size bias)."""
+    from crossget_cli.tasks.retrieval import similarity
+
+    model = _load(folders, "blip2-itm")
+    if r:
+        crossget_cli.patch(model, vision_r=r)
+    adapter = find_adapter(model)
+    images, ids = _images(3), IDS[:, :5]
+    mask = (ids != 0).long()
+    # transformers expects the query placeholders (image_token_index) before the text
+    full = torch.cat([torch.full((3, 4), 7), ids], dim=1)
+    full_mask = torch.cat([torch.ones(3, 4, dtype=torch.long), mask], dim=1)
+    with torch.no_grad():
+        itc = model(pixel_values=images, input_ids=full, attention_mask=full_mask).logits_per_image
+        itm = model(pixel_values=images, input_ids=full, attention_mask=full_mask, use_image_text_matching_head=True)
+        image = torch.nn.functional.normalize(adapter.encode_image(model, images), dim=-1)
+        text = torch.nn.functional.normalize(adapter.encode_text(model, ids), dim=-1)
+        tokens, sizes = adapter.image_tokens(model, images)
+        ours_itm = adapter.itm_logits(model, tokens, sizes, ids)
+    torch.testing.assert_close(similarity(image, text), itc)
+    torch.testing.assert_close(ours_itm, itm.logits_per_image)
+
+
+def test_eval_blip2_retrieval_end_to_end(folders, data, tmp_path):
+    """ITC + ITM re-ranking of a compressed BLIP-2 retrieval model: recall from
+    the CLI equals recall from the model's own forward over all pairs."""
+    model = blip2("retrieval")
+    _sharpen(model)
+    small = _compress(save(model, tmp_path / "sharp"), tmp_path / "small", "--vision-r", "4")
+    report = _eval([small], "-t", "retrieval", "-d", str(data / "karpathy.json"), "--image-root", str(data), "--itm-k", "8")
+    model = crossget_cli.load(str(small))
+    from transformers import BertTokenizer
+
+    tokenizer = BertTokenizer.from_pretrained(str(small))
+    captions = [t for c in COLOURS for t in (f"a {c} square", f"a photo of a {c} square")]
+    enc = tokenizer(captions, padding="max_length", max_length=35, return_tensors="pt")
+    ids = torch.cat([torch.full((8, 4), 7), enc["input_ids"]], dim=1)
+    mask = torch.cat([torch.ones(8, 4, dtype=torch.long), enc["attention_mask"]], dim=1)
+    pixels = _pixels(small, data, [f"{c}.jpg" for c in COLOURS])
+    with torch.no_grad():
+        itc = torch.stack(
+            [model(pixel_values=pixels[i : i + 1], input_ids=ids, attention_mask=mask).logits_per_image[0] for i in range(4)]
+        )
+        itm = torch.stack(
+            [
+                model(
+                    pixel_values=pixels[i : i + 1].expand(8, -1, -1, -1),
+                    input_ids=ids,
+                    attention_mask=mask,
+                    use_image_text_matching_head=True,
+                ).logits_per_image[:, 1]
+                for i in range(4)
+            ]
+        )
+    owner = [i for i in range(4) for _ in range(2)]
+    assert report["results"]["retrieval"][str(small)] == pytest.approx(_recall_from_matrix(itc + itm, owner))

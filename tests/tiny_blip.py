@@ -91,6 +91,7 @@ def blip2(kind: str = "generation", seed: int = 0, num_query_tokens: int = 4, vi
         encoder_hidden_size=32,
         max_position_embeddings=40,
         pad_token_id=0,
+        use_qformer_text_input=kind != "generation",  # the ITM/ITC model's Q-Former also reads text
     )
     opt = dict(
         model_type="opt",

@@ -24,6 +24,7 @@ encoder states per beam, and the bias is repeated the same way.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -97,27 +98,20 @@ def _text_block(layer: nn.Module, x: torch.Tensor, state: TokenState, r: int) ->
     return layer.feed_forward_chunk(x)
 
 
-def _reduced_vision_output():
+@functools.cache
+def _vision_output_class():
+    """A ``BaseModelOutputWithPooling`` with the sizes of the merged tokens
+    (transformers is imported lazily, as in every adapter)."""
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     @dataclass
     class ReducedVisionOutput(BaseModelOutputWithPooling):
-        """The vision output with ``token_sizes`` ``[N, T]`` (float32) of the
-        merged tokens of ``last_hidden_state``; ``None`` while every size is 1."""
+        """``token_sizes``: ``[N, T]`` float32 sizes of the merged tokens of
+        ``last_hidden_state``; ``None`` while every size is 1."""
 
         token_sizes: torch.Tensor | None = None
 
     return ReducedVisionOutput
-
-
-_OUTPUT_CLASS = None
-
-
-def _vision_output(**fields):
-    global _OUTPUT_CLASS
-    if _OUTPUT_CLASS is None:
-        _OUTPUT_CLASS = _reduced_vision_output()
-    return _OUTPUT_CLASS(**fields)
 
 
 class _ReducingVisionTower:
@@ -139,7 +133,7 @@ class _ReducingVisionTower:
             scope["sizes"] = sizes
         x = self.post_layernorm(x)
         # transformers applies post_layernorm to the pooled token a second time.
-        return _vision_output(last_hidden_state=x, pooler_output=self.post_layernorm(x[:, 0]), token_sizes=sizes)
+        return _vision_output_class()(last_hidden_state=x, pooler_output=self.post_layernorm(x[:, 0]), token_sizes=sizes)
 
 
 def image_attention_bias(sizes: torch.Tensor, batch: int, dtype: torch.dtype, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -21,6 +21,7 @@ from .blip import (
     _ReducingVisionTower,
     decode,
     generation_kwargs,
+    image_attention_bias,
     is_blip_vision_tower,
     special_id,
     vision_tower,
@@ -43,7 +44,7 @@ def _kind(model: nn.Module) -> str | None:
 def _require_generation(model: nn.Module, task: str) -> None:
     if _kind(model) != "generation":
         raise CrossGetError(
-            f"{type(model).__name__} has no language model for task {task!r}",
+            f"{type(model).__name__} has no head for task {task!r} (no language model)",
             f"{task} needs Blip2ForConditionalGeneration; evaluate {type(model).__name__} with --task retrieval",
         )
 
@@ -66,7 +67,13 @@ class Blip2Adapter(Adapter):
         return [(model, _ImageSizesScope), (model.vision_model, _ReducingVisionTower), (model.qformer, _ImageConsumer)]
 
     def inputs(self, model: nn.Module) -> ModelInputs:
-        return ModelInputs(model.config.vision_config.image_size, None, None, None, None)
+        """The image size; the Q-Former's text side only for retrieval (ITC)."""
+        image_size = model.config.vision_config.image_size
+        if _kind(model) != "retrieval":
+            return ModelInputs(image_size, None, None, None, None)
+        text = model.config.qformer_config
+        context = min(text.max_position_embeddings, 35)
+        return ModelInputs(image_size, context, text.vocab_size, text.vocab_size - 2, text.vocab_size - 1)
 
     def require_task(self, model: nn.Module, task: str) -> None:
         if task in ("captioning", "vqa"):
@@ -74,17 +81,63 @@ class Blip2Adapter(Adapter):
         elif task != "retrieval" or _kind(model) != "retrieval":
             raise CrossGetError(
                 f"{type(model).__name__} has no head for task {task!r}",
-                "BLIP-2 models here support captioning and vqa (Blip2ForConditionalGeneration)",
-            )
-        else:
-            raise CrossGetError(
-                "retrieval with Blip2ForImageTextRetrieval is not supported by crossget eval yet",
-                "its image feature is one vector per query; evaluate a BLIP retrieval model",
+                "retrieval needs Blip2ForImageTextRetrieval; captioning and vqa Blip2ForConditionalGeneration",
             )
 
     def encode_image(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """The ViT's pooled output (image encoding, for FLOPs and throughput)."""
-        return model.vision_model(pixel_values=images).pooler_output
+        """Retrieval: the projected query embeddings ``[N, Q, E]`` (ITC scores an
+        image by its best query); otherwise the ViT's pooled output (image
+        encoding, for FLOPs and throughput)."""
+        if _kind(model) != "retrieval":
+            return model.vision_model(pixel_values=images).pooler_output
+        tokens, sizes = self.image_tokens(model, images)
+        return model.vision_projection(self._queries(model, tokens, sizes))
+
+    def encode_text(self, model: nn.Module, token_ids: torch.Tensor, token_embeddings=None) -> torch.Tensor:
+        self.require_task(model, "retrieval")
+        mask = (token_ids != special_id(model.config.qformer_config, "pad_token_id", default=0)).long()
+        embeds = model.embeddings(input_ids=token_ids)
+        out = model.qformer(query_embeds=embeds, query_length=0, attention_mask=mask)
+        return model.text_projection(out.last_hidden_state[:, 0])
+
+    def image_tokens(self, model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The (reduced) ViT tokens ``[N, T, D]`` and their sizes ``[N, T]``."""
+        out = model.vision_model(pixel_values=images)
+        return out.last_hidden_state, getattr(out, "token_sizes", None)
+
+    @staticmethod
+    def _image_mask(model: nn.Module, tokens: torch.Tensor, sizes: torch.Tensor | None) -> torch.Tensor:
+        if sizes is None:
+            return torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
+        return image_attention_bias(sizes, tokens.shape[0], next(model.qformer.parameters()).dtype)
+
+    def _queries(self, model: nn.Module, tokens: torch.Tensor, sizes: torch.Tensor | None) -> torch.Tensor:
+        queries = model.query_tokens.expand(tokens.shape[0], -1, -1)
+        out = model.qformer(
+            query_embeds=queries, encoder_hidden_states=tokens, encoder_attention_mask=self._image_mask(model, tokens, sizes)
+        )
+        return out.last_hidden_state
+
+    def itm_scores(self, model: nn.Module, tokens: torch.Tensor, sizes: torch.Tensor | None, token_ids: torch.Tensor):
+        """ITM logit of "match" per (image tokens, caption) row pair."""
+        return self.itm_logits(model, tokens, sizes, token_ids)[:, 1]
+
+    def itm_logits(self, model: nn.Module, tokens: torch.Tensor, sizes: torch.Tensor | None, token_ids: torch.Tensor):
+        """``[N, 2]``: the ITM head on the queries, averaged over them, as
+        ``Blip2ForImageTextRetrieval`` does, over the (reduced) image tokens."""
+        self.require_task(model, "retrieval")
+        n, num_queries = tokens.shape[0], model.query_tokens.shape[1]
+        queries = model.query_tokens.expand(n, -1, -1)
+        text_mask = (token_ids != special_id(model.config.qformer_config, "pad_token_id", default=0)).long()
+        mask = torch.cat([torch.ones(n, num_queries, dtype=torch.long, device=tokens.device), text_mask], dim=1)
+        out = model.qformer(
+            query_embeds=model.embeddings(input_ids=token_ids, query_embeds=queries),
+            query_length=num_queries,
+            attention_mask=mask,
+            encoder_hidden_states=tokens,
+            encoder_attention_mask=self._image_mask(model, tokens, sizes),
+        )
+        return model.itm_head(out.last_hidden_state[:, :num_queries]).mean(dim=1)
 
     def _prompt_ids(self, model: nn.Module, tokenizer, texts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
         """``[image] * num_query_tokens + [bos] + prompt``, left-padded (decoder-only

@@ -24,12 +24,22 @@ Reranker = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 KS = (1, 5, 10)
 
 
+def similarity(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """``[Q, K]`` dot products. A side with several vectors per item (``[N, M, E]``,
+    BLIP-2's query embeddings) scores by its best vector, as BLIP-2's ITC does."""
+    if queries.dim() == 3:
+        return (queries @ keys.t()).max(dim=1).values
+    if keys.dim() == 3:
+        return (keys @ queries.t()).max(dim=1).values.t()
+    return queries @ keys.t()
+
+
 def _top_k(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
     """``[Q, k]`` indices of the k most similar keys of each query."""
     k = min(k, keys.shape[0])
     out = []
     for start in range(0, queries.shape[0], chunk):
-        out.append((queries[start : start + chunk] @ keys.t()).topk(k, dim=1).indices)
+        out.append(similarity(queries[start : start + chunk], keys).topk(k, dim=1).indices)
     return torch.cat(out)
 
 
@@ -38,9 +48,11 @@ def _reranked(queries: torch.Tensor, keys: torch.Tensor, k_out: int, k_rerank: i
     by ``score + similarity`` (as BLIP's evaluation), then the rest in ITC order."""
     candidates = _top_k(queries, keys, max(k_out, k_rerank), chunk)
     head = candidates[:, :k_rerank]
-    similarity = (queries[:, None, :] * keys[head]).sum(dim=-1)
+    itc = torch.cat(
+        [similarity(queries[s : s + chunk], keys).gather(1, head[s : s + chunk]) for s in range(0, queries.shape[0], chunk)]
+    )
     rows = torch.arange(queries.shape[0])[:, None].expand_as(head)
-    order = (score(rows, head).float().cpu() + similarity).argsort(dim=1, descending=True, stable=True)
+    order = (score(rows, head).float().cpu() + itc).argsort(dim=1, descending=True, stable=True)
     return torch.cat([head.gather(1, order), candidates[:, k_rerank:]], dim=1)[:, :k_out]
 
 
@@ -56,7 +68,8 @@ def retrieval_recall(
     """Recall@k in percent, both directions, and their mean.
 
     Args:
-        image_features: ``[I, E]`` L2-normalised.
+        image_features: ``[I, E]`` L2-normalised (or ``[I, M, E]``: M vectors per
+            image, scored by the best, as BLIP-2's query embeddings).
         text_features: ``[C, E]`` L2-normalised.
         caption_to_image: for each caption, the index of its image.
         chunk: rows of the similarity matrix computed at a time.
