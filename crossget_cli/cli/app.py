@@ -49,7 +49,24 @@ PretrainedOpt = Annotated[
     Optional[str], typer.Option("--pretrained", help="open_clip pretrained tag, weights file, or 'none' for random weights.")
 ]
 
-# Training options shared by `compress --finetune` and `train`.
+# Training options shared by `compress --finetune` and `train`: CLI parameter -> FinetuneConfig field.
+TRAINING_OPTIONS = {
+    "train_data": "data",
+    **{
+        name: name
+        for name in (
+            "val_data image_root split val_split epochs max_steps batch_size grad_accum lr weight_decay warmup_steps "
+            "clip_grad trainable amp seed device checkpoint_dir checkpoint_every resume"
+        ).split()
+    },
+}
+
+
+def _training_flags(arguments: dict) -> dict:
+    """The training options among a command's arguments, named as FinetuneConfig names them."""
+    return {field: arguments[name] for name, field in TRAINING_OPTIONS.items()}
+
+
 TrainDataOpt = Annotated[
     Optional[str], typer.Option("--train-data", help="Image-caption data (retrieval formats).", rich_help_panel=FT)
 ]
@@ -247,29 +264,7 @@ def compress(
     elif finetune:
         finetune_config = _finetune_config(
             recipe_obj,
-            dict(
-                objective=wanted,
-                data=train_data,
-                val_data=val_data,
-                image_root=image_root,
-                split=split,
-                val_split=val_split,
-                epochs=epochs,
-                max_steps=max_steps,
-                batch_size=batch_size,
-                grad_accum=grad_accum,
-                lr=lr,
-                weight_decay=weight_decay,
-                warmup_steps=warmup_steps,
-                clip_grad=clip_grad,
-                trainable=trainable,
-                amp=amp,
-                seed=seed,
-                device=device,
-                checkpoint_dir=checkpoint_dir,
-                checkpoint_every=checkpoint_every,
-                resume=resume,
-            ),
+            {**_training_flags(locals()), "objective": wanted},
         )
     elif train_data or resume:
         raise CrossGetError("--train-data/--resume are fine-tuning options", "add --finetune")
@@ -340,28 +335,7 @@ def train(
 
     config = _finetune_config(
         None,
-        dict(
-            data=train_data,
-            val_data=val_data,
-            image_root=image_root,
-            split=split,
-            val_split=val_split,
-            epochs=epochs,
-            max_steps=max_steps,
-            batch_size=batch_size,
-            grad_accum=grad_accum,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            clip_grad=clip_grad,
-            trainable=trainable,
-            amp=amp,
-            seed=seed,
-            device=device,
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_every=checkpoint_every,
-            resume=resume,
-        ),
+        _training_flags(locals()),
     )
     with training_progress(enabled=True) as on_step:
         result = run_train(
