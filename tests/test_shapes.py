@@ -235,3 +235,29 @@ def test_resolve_builtin_caches_and_reuses(tmp_path, monkeypatch):
         shapes.resolve_builtin("builtin:circles")
     with pytest.raises(CrossGetError, match="no val"):
         shapes.resolve_builtin("builtin:shapes-val", config=small)
+
+
+def test_max_objects_caps_the_composite_and_keeps_old_hashes():
+    single = shapes.ShapesConfig(max_objects=1, n_train=0, n_test=40)
+    composites = shapes.generate("test", 40, single)
+    assert all(len(c.objects) == 1 and c.caption == c.objects[0].phrase for c in composites)
+    assert len({(c.objects[0].row, c.objects[0].col) for c in composites}) > 3  # random cells
+    assert all(c.caption in shapes.classnames() for c in composites)
+    # Unset, the key neither changes the pixels nor the cache hash of existing configs.
+    assert "max_objects" not in shapes.ShapesConfig().to_dict()
+    capped = shapes.generate("test", 5, shapes.ShapesConfig(max_objects=9))
+    uncapped = shapes.generate("test", 5, shapes.ShapesConfig())
+    assert [c.caption for c in capped] == [c.caption for c in uncapped]
+
+
+def test_single_object_set_reads_as_zero_shot_classification(tmp_path, monkeypatch):
+    from crossget_cli.tasks.data import load_classification
+
+    monkeypatch.setenv("CROSSGET_CACHE", str(tmp_path))
+    monkeypatch.setitem(shapes.PRESETS, "shapes1", shapes.ShapesConfig(max_objects=1, n_train=0, n_test=12))
+    data = load_classification("builtin:shapes1-test")
+    truth = [c.caption for c in shapes.generate("test", 12, shapes.PRESETS["shapes1"])]
+    assert data.classnames == shapes.classnames() and [data.classnames[i] for i in data.labels] == truth
+    with pytest.raises(CrossGetError, match="not class names"):
+        monkeypatch.setitem(shapes.PRESETS, "shapes", shapes.ShapesConfig(grid=2, empty_prob=0.0, n_train=0, n_test=3))
+        load_classification("builtin:shapes-test")

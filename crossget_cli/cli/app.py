@@ -49,6 +49,66 @@ PretrainedOpt = Annotated[
     Optional[str], typer.Option("--pretrained", help="open_clip pretrained tag, weights file, or 'none' for random weights.")
 ]
 
+# Training options shared by `compress --finetune` and `train`: CLI parameter -> FinetuneConfig field.
+TRAINING_OPTIONS = {
+    "train_data": "data",
+    **{
+        name: name
+        for name in (
+            "val_data image_root split val_split epochs max_steps batch_size grad_accum lr weight_decay warmup_steps "
+            "clip_grad trainable amp seed device checkpoint_dir checkpoint_every resume"
+        ).split()
+    },
+}
+
+
+def _training_flags(arguments: dict) -> dict:
+    """The training options among a command's arguments, named as FinetuneConfig names them."""
+    return {field: arguments[name] for name, field in TRAINING_OPTIONS.items()}
+
+
+TrainDataOpt = Annotated[
+    Optional[str], typer.Option("--train-data", help="Image-caption data (retrieval formats).", rich_help_panel=FT)
+]
+ValDataOpt = Annotated[
+    Optional[str], typer.Option("--val-data", help="Validation data; the best epoch (r_mean) is kept.", rich_help_panel=FT)
+]
+ImageRootOpt = Annotated[
+    Optional[str], typer.Option("--image-root", help="Folder the data's image paths are relative to.", rich_help_panel=FT)
+]
+SplitOpt = Annotated[str, typer.Option("--split", help="Training split.", rich_help_panel=FT)]
+ValSplitOpt = Annotated[str, typer.Option("--val-split", help="Validation split.", rich_help_panel=FT)]
+EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", help="Epochs (default: recipe, else 1).", rich_help_panel=FT)]
+MaxStepsOpt = Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps.", rich_help_panel=FT)]
+BatchSizeOpt = Annotated[
+    Optional[int], typer.Option("--batch-size", help="Global batch size (default: recipe, else 64).", rich_help_panel=FT)
+]
+GradAccumOpt = Annotated[int, typer.Option("--grad-accum", help="Gradient accumulation steps.", rich_help_panel=FT)]
+LrOpt = Annotated[Optional[float], typer.Option("--lr", help="AdamW learning rate (default 1e-5).", rich_help_panel=FT)]
+WeightDecayOpt = Annotated[
+    Optional[float], typer.Option("--weight-decay", help="AdamW weight decay (default 0.05).", rich_help_panel=FT)
+]
+WarmupStepsOpt = Annotated[
+    int, typer.Option("--warmup-steps", help="Linear warm-up steps before the cosine decay.", rich_help_panel=FT)
+]
+ClipGradOpt = Annotated[
+    Optional[float], typer.Option("--clip-grad", help="Clip the gradient norm to this value.", rich_help_panel=FT)
+]
+TrainableOpt = Annotated[
+    Optional[str],
+    typer.Option("--trainable", help="all, cross, or comma-separated parameter-name substrings.", rich_help_panel=FT),
+]
+AmpOpt = Annotated[Optional[str], typer.Option("--amp", help="none, fp16 or bf16 (CUDA).", rich_help_panel=FT)]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the data order and initialisation.", rich_help_panel=FT)]
+DeviceOpt = Annotated[str, typer.Option("--device", help="Training device: cpu, cuda or cuda:N.", rich_help_panel=FT)]
+CheckpointDirOpt = Annotated[
+    Optional[str], typer.Option("--checkpoint-dir", help="Folder for checkpoints and train_log.jsonl.", rich_help_panel=FT)
+]
+CheckpointEveryOpt = Annotated[
+    Optional[int], typer.Option("--checkpoint-every", help="Also checkpoint every N steps.", rich_help_panel=FT)
+]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from --checkpoint-dir.", rich_help_panel=FT)]
+
 
 def _debug_requested() -> bool:
     return "--debug" in sys.argv or os.environ.get("CROSSGET_DEBUG") == "1"
@@ -142,51 +202,26 @@ def compress(
     finetune: Annotated[
         bool, typer.Option("--finetune", help="Fine-tune with ITC + L_JS before exporting.", rich_help_panel=FT)
     ] = False,
-    train_data: Annotated[
-        Optional[str], typer.Option("--train-data", help="Image-caption data (retrieval formats).", rich_help_panel=FT)
-    ] = None,
-    val_data: Annotated[
-        Optional[str], typer.Option("--val-data", help="Validation data; the best epoch (r_mean) is kept.", rich_help_panel=FT)
-    ] = None,
-    image_root: Annotated[
-        Optional[str], typer.Option("--image-root", help="Folder the data's image paths are relative to.", rich_help_panel=FT)
-    ] = None,
-    split: Annotated[str, typer.Option("--split", help="Training split.", rich_help_panel=FT)] = "train",
-    val_split: Annotated[str, typer.Option("--val-split", help="Validation split.", rich_help_panel=FT)] = "val",
-    epochs: Annotated[
-        Optional[int], typer.Option("--epochs", help="Epochs (default: recipe, else 1).", rich_help_panel=FT)
-    ] = None,
-    max_steps: Annotated[
-        Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps.", rich_help_panel=FT)
-    ] = None,
-    batch_size: Annotated[
-        Optional[int], typer.Option("--batch-size", help="Global batch size (default: recipe, else 64).", rich_help_panel=FT)
-    ] = None,
-    grad_accum: Annotated[int, typer.Option("--grad-accum", help="Gradient accumulation steps.", rich_help_panel=FT)] = 1,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="AdamW learning rate (default 1e-5).", rich_help_panel=FT)] = None,
-    weight_decay: Annotated[
-        Optional[float], typer.Option("--weight-decay", help="AdamW weight decay (default 0.05).", rich_help_panel=FT)
-    ] = None,
-    warmup_steps: Annotated[
-        int, typer.Option("--warmup-steps", help="Linear warm-up steps before the cosine decay.", rich_help_panel=FT)
-    ] = 0,
-    clip_grad: Annotated[
-        Optional[float], typer.Option("--clip-grad", help="Clip the gradient norm to this value.", rich_help_panel=FT)
-    ] = None,
-    trainable: Annotated[
-        Optional[str],
-        typer.Option("--trainable", help="all, cross, or comma-separated parameter-name substrings.", rich_help_panel=FT),
-    ] = None,
-    amp: Annotated[Optional[str], typer.Option("--amp", help="none, fp16 or bf16 (CUDA).", rich_help_panel=FT)] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the data order and initialisation.", rich_help_panel=FT)] = 0,
-    device: Annotated[str, typer.Option("--device", help="Training device: cpu, cuda or cuda:N.", rich_help_panel=FT)] = "cpu",
-    checkpoint_dir: Annotated[
-        Optional[str], typer.Option("--checkpoint-dir", help="Folder for checkpoints and train_log.jsonl.", rich_help_panel=FT)
-    ] = None,
-    checkpoint_every: Annotated[
-        Optional[int], typer.Option("--checkpoint-every", help="Also checkpoint every N steps.", rich_help_panel=FT)
-    ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from --checkpoint-dir.", rich_help_panel=FT)] = False,
+    train_data: TrainDataOpt = None,
+    val_data: ValDataOpt = None,
+    image_root: ImageRootOpt = None,
+    split: SplitOpt = "train",
+    val_split: ValSplitOpt = "val",
+    epochs: EpochsOpt = None,
+    max_steps: MaxStepsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    grad_accum: GradAccumOpt = 1,
+    lr: LrOpt = None,
+    weight_decay: WeightDecayOpt = None,
+    warmup_steps: WarmupStepsOpt = 0,
+    clip_grad: ClipGradOpt = None,
+    trainable: TrainableOpt = None,
+    amp: AmpOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "cpu",
+    checkpoint_dir: CheckpointDirOpt = None,
+    checkpoint_every: CheckpointEveryOpt = None,
+    resume: ResumeOpt = False,
     annotations: Annotated[
         Optional[str],
         typer.Option("--annotations", help="blip-vqa: VQAv2 annotation JSON for --train-data questions.", rich_help_panel=FT),
@@ -234,30 +269,7 @@ def compress(
     elif finetune:
         finetune_config = _finetune_config(
             recipe_obj,
-            dict(
-                objective=wanted,
-                data=train_data,
-                val_data=val_data,
-                image_root=image_root,
-                split=split,
-                val_split=val_split,
-                epochs=epochs,
-                max_steps=max_steps,
-                batch_size=batch_size,
-                grad_accum=grad_accum,
-                lr=lr,
-                weight_decay=weight_decay,
-                warmup_steps=warmup_steps,
-                clip_grad=clip_grad,
-                trainable=trainable,
-                amp=amp,
-                seed=seed,
-                device=device,
-                checkpoint_dir=checkpoint_dir,
-                checkpoint_every=checkpoint_every,
-                resume=resume,
-                annotations=annotations,
-            ),
+            {**_training_flags(locals()), "objective": wanted, "annotations": annotations},
         )
     elif train_data or resume:
         raise CrossGetError("--train-data/--resume are fine-tuning options", "add --finetune")
@@ -286,6 +298,65 @@ def compress(
     from .render import compress_table
 
     stdout.print(compress_table(result))
+    stderr.print(f"wrote {result.output}")
+
+
+@app.command()
+@handle_errors
+def train(
+    model: ModelOpt = None,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Folder to write (must not exist, unless --overwrite).")
+    ] = None,
+    pretrained: PretrainedOpt = None,
+    train_data: TrainDataOpt = None,
+    val_data: ValDataOpt = None,
+    image_root: ImageRootOpt = None,
+    split: SplitOpt = "train",
+    val_split: ValSplitOpt = "val",
+    epochs: EpochsOpt = None,
+    max_steps: MaxStepsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    grad_accum: GradAccumOpt = 1,
+    lr: LrOpt = None,
+    weight_decay: WeightDecayOpt = None,
+    warmup_steps: WarmupStepsOpt = 0,
+    clip_grad: ClipGradOpt = None,
+    trainable: TrainableOpt = None,
+    amp: AmpOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "cpu",
+    checkpoint_dir: CheckpointDirOpt = None,
+    checkpoint_every: CheckpointEveryOpt = None,
+    resume: ResumeOpt = False,
+    save_dtype: Annotated[str, typer.Option("--save-dtype", help="fp32, fp16 or bf16: the dtype of the saved weights.")] = "fp32",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+):
+    """Train or fine-tune a model without compressing it (ITC on image-caption data) and save it in its own format."""
+    from ..tasks.train import train as run_train
+    from .render import training_progress
+
+    config = _finetune_config(
+        None,
+        _training_flags(locals()),
+    )
+    with training_progress(enabled=True) as on_step:
+        result = run_train(
+            model, output, config, pretrained=pretrained, save_dtype=save_dtype, overwrite=overwrite, progress=on_step
+        )
+    if not result.training:
+        return
+    summary = {k: result.training[k] for k in ("steps", "final_loss", "best", "weights_sha256")}
+    if json_out:
+        print_json({"output": str(result.output), **summary})
+        return
+    best = summary["best"]
+    stderr.print(
+        f"trained {summary['steps']} steps, final loss {summary['final_loss']:.4f}"
+        + (f", best epoch {best['epoch']} ({best['metric']} {best['value']:.2f})" if best else "")
+    )
     stderr.print(f"wrote {result.output}")
 
 

@@ -790,6 +790,8 @@ def load_classification(
         if isinstance(classnames, (str, os.PathLike))
         else (list(classnames) if classnames is not None else None)
     )
+    if isinstance(source, str) and source.startswith("builtin:"):
+        return _builtin_classification(source, split, names).limit(limit)
     kind, value = _resolve_source(source)
     if kind == "dir" and not _is_saved_dataset(value):
         base = value / split if split else value
@@ -824,6 +826,24 @@ def load_classification(
     result = result.limit(limit)
     _check_hf_exist(result.images, need, name, image_root)
     return result
+
+
+def _builtin_classification(source: str, split: str | None, names: list[str] | None) -> ClassificationData:
+    """A built-in shapes set read as classification: each composite's caption is its
+    label (``builtin:shapes1-test``: one object each, over the 24 colour-shape classes)."""
+    from .shapes import builtin_split, classnames
+
+    retrieval = load_retrieval(source, split=builtin_split(source) or split)
+    labels = [retrieval.captions[caps[0]] for caps in retrieval.image_to_captions]
+    names = names or classnames()
+    unknown = sorted(set(labels) - set(names))
+    if unknown:
+        raise CrossGetError(
+            f"{source}: {len(unknown)} captions are not class names (e.g. {unknown[0]!r})",
+            "use a single-object set such as builtin:shapes1-test",
+        )
+    index = {name: i for i, name in enumerate(names)}
+    return ClassificationData(list(retrieval.image_paths), [index[label] for label in labels], names)
 
 
 def _read_classnames(path: str | os.PathLike) -> list[str]:
@@ -1024,13 +1044,14 @@ OPENAI_IMAGENET_TEMPLATES = (
     "a tattoo of the {}.",
 )
 
-TEMPLATE_SETS = {"openai-imagenet": OPENAI_IMAGENET_TEMPLATES, "simple": ("a photo of a {}.",)}
+TEMPLATE_SETS = {"openai-imagenet": OPENAI_IMAGENET_TEMPLATES, "simple": ("a photo of a {}.",), "bare": ("{}",)}
 
 
 def load_templates(path_or_name: str | os.PathLike) -> list[str]:
     """Zero-shot prompt templates, each with one ``{}`` for the class name.
 
     ``"openai-imagenet"``: CLIP's 80 ImageNet templates; ``"simple"``: ``["a photo of a {}."]``;
+    ``"bare"``: the class name alone (models trained on bare phrases, like the shapes benchmark);
     otherwise a text file, one template per line (blank lines and ``#`` comments skipped).
     """
     if isinstance(path_or_name, str) and path_or_name in TEMPLATE_SETS:

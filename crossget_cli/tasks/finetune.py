@@ -242,6 +242,19 @@ def _gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(tensor))
 
 
+def _retrieval_data(config: FinetuneConfig, source: str, split: str, limit: int | None = None):
+    from .data import load_retrieval
+
+    return load_retrieval(
+        source,
+        image_root=config.image_root,
+        split=split,
+        image_column=config.image_column,
+        caption_column=config.caption_column,
+        limit=limit,
+    )
+
+
 @register_objective("clip")
 class ClipObjective(Objective):
     """ITC with soft targets + L_JS on image-caption pairs (SPEC §4), 0.5 / 0.5 by default."""
@@ -253,17 +266,7 @@ class ClipObjective(Objective):
         return 1.0 - js_weight if js_weight <= 1 else 1.0
 
     def dataset(self, io: ModelIO, config: FinetuneConfig) -> Dataset:
-        from . import data as data_module
-
-        train = data_module.load_retrieval(
-            config.data,
-            image_root=config.image_root,
-            split=config.split,
-            image_column=config.image_column,
-            caption_column=config.caption_column,
-            limit=config.limit,
-        )
-        return _Pairs(train, io.transform)
+        return _Pairs(_retrieval_data(config, config.data, config.split, config.limit), io.transform)
 
     def losses(self, model: nn.Module, io: ModelIO, items: list[Any], config: FinetuneConfig) -> dict[str, torch.Tensor]:
         from ..adapters import find_adapter
@@ -288,16 +291,9 @@ class ClipObjective(Objective):
     def validator(self, config: FinetuneConfig) -> Callable[[ModelIO], dict[str, float]]:
         from torch.utils.data import DataLoader
 
-        from . import data as data_module
         from .retrieval import retrieval_recall
 
-        val = data_module.load_retrieval(
-            config.val_data,
-            image_root=config.image_root,
-            split=config.val_split,
-            image_column=config.image_column,
-            caption_column=config.caption_column,
-        )
+        val = _retrieval_data(config, config.val_data, config.val_split)
 
         def evaluate(io: ModelIO) -> dict[str, float]:
             batches = (images for _, images in DataLoader(val.image_dataset(io.transform), batch_size=64))

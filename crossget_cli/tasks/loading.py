@@ -2,6 +2,9 @@
 
 Accepted, in this order:
 
+* a model shipped with the package (:data:`BUILTIN_MODELS`: ``crossget-shapes-tiny``,
+  a small CLIP trained here on the built-in shapes benchmark; ``--pretrained none``
+  gives its architecture with random weights);
 * a folder written by ``crossget compress`` (has ``crossget.yaml``): reloaded patched;
 * a transformers folder (``config.json``) or ``hf:<id>`` / ``<org>/<name>`` hub id;
 * an open_clip folder (``open_clip_config.json``);
@@ -27,6 +30,9 @@ from ..errors import CrossGetError
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 CROSS_KEYS = ("visual.transformer.cross_image", "transformer.cross_text")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: Models shipped inside the package: name -> open_clip folder.
+BUILTIN_MODELS = {"crossget-shapes-tiny": Path(__file__).resolve().parent.parent / "models" / "crossget-shapes-tiny"}
+OPENCLIP_WEIGHTS_FILE = "open_clip_model.safetensors"
 
 
 @dataclass
@@ -68,6 +74,8 @@ def load_model(source: str, pretrained: str | None = None) -> LoadedModel:
     """Load ``source`` (see module doc) on the CPU in eval mode."""
     if not source:
         raise CrossGetError("no model given", "pass --model (an open_clip name, an HF id or folder, or a checkpoint file)")
+    if source in BUILTIN_MODELS:
+        return _load_builtin(source, pretrained)
     path = Path(source).expanduser()
     if path.is_dir():
         if (path / "crossget.yaml").is_file():
@@ -103,6 +111,22 @@ def load_model(source: str, pretrained: str | None = None) -> LoadedModel:
         "pass an open_clip architecture (see `python -c 'import open_clip; print(open_clip.list_models())'`), "
         "hf:<id>, an HF/open_clip/crossget folder, or a .pt/.safetensors checkpoint",
     )
+
+
+def _load_builtin(name: str, pretrained: str | None) -> LoadedModel:
+    folder = BUILTIN_MODELS[name]
+    if pretrained == "none":  # the architecture, freshly initialised (to train it again)
+        saved = json.loads((folder / "open_clip_config.json").read_text())
+        model = build_openclip(saved["model_cfg"])
+        model.visual.preprocess_cfg = dict(saved["preprocess_cfg"])
+        return LoadedModel(model, "openclip", name, "none", saved["model_cfg"])
+    if pretrained is not None:
+        raise CrossGetError(
+            f"built-in model {name!r} takes no --pretrained tag", "leave it out, or pass 'none' for random weights"
+        )
+    if not (folder / OPENCLIP_WEIGHTS_FILE).is_file():
+        raise CrossGetError(f"built-in model {name!r} has no weights in this install ({folder})", "reinstall crossget")
+    return _load_openclip(f"local-dir:{folder}", name, None)
 
 
 def _load_openclip(name: str, source: str, tag: str | None) -> LoadedModel:

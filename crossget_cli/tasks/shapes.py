@@ -123,6 +123,8 @@ class ShapesConfig:
         order: ``"sorted"`` (alphabetical phrases) or ``"row-major"`` (cell order).
         hard_negatives: hard-negative captions per composite, 0..9 (9 is what a
             single object allows: 7 other colours + 2 other shapes).
+        max_objects: at most this many objects per composite (None: no cap); 1 makes
+            single-object composites, the zero-shot classification set ``shapes1``.
         seed: base seed of every random draw.
         n_train, n_val, n_test: composites per split (the default splits to write).
     """
@@ -139,6 +141,7 @@ class ShapesConfig:
     n_train: int = 10000
     n_val: int = 0
     n_test: int = 1000
+    max_objects: int | None = None
 
     def __post_init__(self):
         grid = self.grid
@@ -165,6 +168,8 @@ class ShapesConfig:
         _check_int("seed", self.seed, 0, 2**63 - 1, "e.g. seed=0")
         for name in ("n_train", "n_val", "n_test"):
             _check_int(name, getattr(self, name), 0, 10**7, f"e.g. {name}=1000")
+        if self.max_objects is not None:
+            _check_int("max_objects", self.max_objects, 1, 64, "e.g. max_objects=1, or None for no cap")
 
     @property
     def cells(self) -> int:
@@ -183,6 +188,8 @@ class ShapesConfig:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["grid"] = list(self.grid)
+        if out["max_objects"] is None:  # unset keys stay out, so configs made before the key keep their hash
+            del out["max_objects"]
         return out
 
     def hash(self) -> str:
@@ -211,6 +218,9 @@ DEFAULT = ShapesConfig()
 PRESETS: dict[str, ShapesConfig] = {
     "shapes": DEFAULT,
     "shapes2x2": ShapesConfig(grid=(2, 2), object_size=32, empty_prob=0.0, crop=False, order="sorted"),
+    # One object per composite, in a random cell: zero-shot classification over the
+    # 24 colour-shape classes (`crossget eval --task zeroshot --data builtin:shapes1-test`).
+    "shapes1": ShapesConfig(max_objects=1, n_train=0, n_test=1000),
 }
 
 
@@ -461,6 +471,10 @@ def generate(split: str, n: int, config: ShapesConfig = DEFAULT, start: int = 0)
         occupied = rng.random(config.cells) >= config.empty_prob
         if not occupied.any():
             occupied[rng.integers(config.cells)] = True
+        if config.max_objects is not None and occupied.sum() > config.max_objects:
+            keep = rng.choice(np.flatnonzero(occupied), size=config.max_objects, replace=False)
+            occupied[:] = False
+            occupied[keep] = True
         sources = rng.choice(len(records), size=int(occupied.sum()), replace=False)
         backgrounds = rng.integers(_BACKGROUND[0], _BACKGROUND[1] + 1, size=(config.cells, 3))
         canvas = np.empty((rows * size, cols * size, 3), np.uint8)
