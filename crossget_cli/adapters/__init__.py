@@ -3,5 +3,6 @@
 from .base import Adapter, Tower, find_adapter, get_adapter, list_adapters, register_adapter
 from . import openclip  # noqa: F401  (registers "openclip")
 from . import hf_clip  # noqa: F401  (registers "hf-clip")
+from . import llava  # noqa: F401  (registers "llava")
 
 __all__ = ["Adapter", "Tower", "find_adapter", "get_adapter", "list_adapters", "register_adapter"]

@@ -128,19 +128,28 @@ def run_tower(
     blocks: Sequence[nn.Module],
     block_forward: Callable[[nn.Module, torch.Tensor, TokenState, int], torch.Tensor],
     state: TokenState,
+    on_hidden: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Run a patched tower's blocks on ``x`` (``[N, T, D]``, after the
     embeddings). With CrossGET a cross slot is appended (a copy of CLS, or of EOT
     for text) and overwritten with the layer's cross token before each block
-    (SPEC §3), then dropped from the output; ToMe runs the blocks as they are."""
+    (SPEC §3), then dropped from the output; ToMe runs the blocks as they are.
+
+    ``on_hidden(i, h)`` receives the hidden states as transformers numbers them:
+    ``i = 0`` the input of the first block, ``i = l + 1`` the output of block
+    ``l``, cross slot included (recorded before the next injection)."""
     cross = getattr(holder, cross_name, None) if state.method == "crossget" else None
     if cross is not None:
         x = append_cross_slot(x, state.pooled_idx)
+    if on_hidden is not None:
+        on_hidden(0, x)
     for layer, (block, r) in enumerate(zip(blocks, getattr(holder, SCHEDULE_ATTR))):
         if cross is not None:
             x = state.inject_cross(x, cross[0, layer])
         x = block_forward(block, x, state, r)
         state.record(layer, x)
+        if on_hidden is not None:
+            on_hidden(layer + 1, x)
     state.publish_cross()
     return x if cross is None else x[:, :-1]
 
@@ -187,6 +196,9 @@ class Adapter:
 
     name: ClassVar[str]
     description: ClassVar[str]
+    #: Adapters are asked in descending priority: a family that contains
+    #: another's towers (LLaVA holds a CLIP vision tower) must be asked first.
+    priority: ClassVar[int] = 0
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -299,7 +311,7 @@ def get_adapter(name: str) -> Adapter:
 
 def find_adapter(model: nn.Module) -> Adapter:
     """The adapter whose family ``model`` belongs to."""
-    for name in list_adapters():
+    for name in sorted(_ADAPTERS, key=lambda n: -_ADAPTERS[n].priority):
         if _ADAPTERS[name].matches(model):
             return _ADAPTERS[name]()
     supported = "; ".join(f"{n}: {_ADAPTERS[n].description}" for n in list_adapters())

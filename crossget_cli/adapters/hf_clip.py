@@ -38,13 +38,18 @@ def _attention_function(attn: nn.Module):
     return ALL_ATTENTION_FUNCTIONS[impl]
 
 
-def _block_forward(layer: nn.Module, x: torch.Tensor, state: TokenState, r: int) -> torch.Tensor:
+def attention_residual(layer: nn.Module, x: torch.Tensor, state: TokenState, need_weights: bool = False):
+    """``x + attention(layer_norm1(x))`` of a CLIP encoder layer with the state's
+    size bias, and the full-width ``q``, ``k`` (``[N, T, D]``). With
+    ``need_weights`` attention runs eagerly and its post-softmax weights
+    ``[N, heads, T, T]`` are returned too (else ``None``)."""
     attn = layer.self_attn
     h = layer.layer_norm1(x)
     q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
     heads = attn.num_heads
     mask = state.attention_mask(x, explicit_causal=True)
-    out, _ = _attention_function(attn)(
+    function = sys.modules[type(attn).__module__].eager_attention_forward if need_weights else _attention_function(attn)
+    out, weights = function(
         attn,
         split_heads(q, heads),
         split_heads(k, heads),
@@ -55,8 +60,13 @@ def _block_forward(layer: nn.Module, x: torch.Tensor, state: TokenState, r: int)
         is_causal=False,
     )
     x = x + attn.out_proj(out.reshape(x.shape[0], x.shape[1], -1))
+    return x, q, k, weights if need_weights else None
+
+
+def _block_forward(layer: nn.Module, x: torch.Tensor, state: TokenState, r: int) -> torch.Tensor:
+    x, q, k, _ = attention_residual(layer, x, state)
     if r > 0:
-        x = state.reduce(x, k, q, r, heads)
+        x = state.reduce(x, k, q, r, layer.self_attn.num_heads)
     return x + layer.mlp(layer.layer_norm2(x))
 
 

@@ -342,7 +342,7 @@ def load_exported(path: str | Path) -> LoadedModel:
         model = build_openclip(model_config)
         if "preprocess_cfg" in saved:
             model.visual.preprocess_cfg = saved["preprocess_cfg"]
-    elif spec.family == "hf-clip":
+    elif (path / "config.json").is_file():  # any transformers family
         from .loading import hf_preprocessors
 
         model, model_config = _build_hf(path, spec.attn_implementation), None

@@ -1,0 +1,234 @@
+"""LLaVA (SPEC §6): tiny random LLaVA models built here, saved with
+``save_pretrained`` and loaded through the real ``--model`` path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import crossget_cli
+from crossget_cli.adapters import find_adapter
+from crossget_cli.adapters.llava import num_image_tokens, prepare_inputs
+from crossget_cli.core import attention_importance, complete_graph_matching, protected_indices, trace_reduction
+
+WORDS = ["<pad>", "<s>", "</s>", "<image>", "<unk>", "USER", ":", "ASSISTANT", "?", ".", "A", "B", "C", "D", "\n"]
+WORDS += ["what", "color", "is", "the", "shape", "red", "blue", "green", "circle", "square", "yes", "no", "one", "two"]
+WORDS += [f"w{i}" for i in range(60)]
+PROMPT = "USER: <image>\n{question} ASSISTANT:"
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=["<image>"],
+    )
+
+
+def tiny_llava(vision_layers=3, llm_layers=2, image=32, patch=8, strategy="default", layer=-2, seed=0):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=2,
+        image_size=image,
+        patch_size=patch,
+    )
+    text = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=llm_layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=len(WORDS),
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=3,
+        vision_feature_layer=layer,
+        vision_feature_select_strategy=strategy,
+    )
+    torch.manual_seed(seed)
+    return LlavaForConditionalGeneration(config).eval()
+
+
+def save_tiny_llava(folder, **kwargs):
+    from transformers import CLIPImageProcessor
+
+    model = tiny_llava(**kwargs)
+    model.save_pretrained(str(folder))
+    tiny_tokenizer().save_pretrained(str(folder))
+    size = model.config.vision_config.image_size
+    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(str(folder))
+    return folder
+
+
+def images(n, size=32, seed=0):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+QUESTIONS = ["what color is the circle ?", "shape ?", "what is the shape of the two blue square ?"]
+
+
+def inputs_for(model, n=3, seed=0):
+    prompts = [PROMPT.format(question=q) for q in QUESTIONS[:n]]
+    return prepare_inputs(model, tiny_tokenizer(), prompts, images(n, model.config.vision_config.image_size, seed))
+
+
+def reference_embeds(model, inputs):
+    """The LLM's input embeddings built by hand: the text embeddings with the
+    (reduced) visual features of the patched model written over the image tokens."""
+    features = find_adapter(model).image_features(model, inputs["pixel_values"])
+    embeds = model.get_input_embeddings()(inputs["input_ids"]).clone()
+    mask = inputs["input_ids"] == model.config.image_token_id
+    assert int(mask.sum()) == features.shape[0] * features.shape[1]
+    embeds[mask] = features.reshape(-1, features.shape[-1])
+    return embeds
+
+
+@pytest.mark.parametrize(
+    "vision_layers, r, strategy, layer",
+    [(3, 2, "default", -2), (4, 3, "default", -2), (3, 5, "full", -1), (2, 1, "default", -1), (3, 7, "default", -2)],
+)
+def test_visual_token_count_follows_the_formula(vision_layers, r, strategy, layer):
+    model = tiny_llava(vision_layers=vision_layers, strategy=strategy, layer=layer)
+    patches = (32 // 8) ** 2
+    assert num_image_tokens(model) == patches + (strategy == "full")
+    crossget_cli.patch(model, vision_r=r)
+    # Layers run before the selected hidden state; each removes r, clamped to
+    # half of the unprotected tokens (CLS and the kept cross slot are protected).
+    runs = vision_layers + 1 + layer if layer < 0 else layer
+    tokens = patches + 2
+    for _ in range(runs):
+        tokens -= min(r, (tokens - 2) // 2)
+    expected = tokens - (strategy == "default")
+    assert num_image_tokens(model) == expected
+    features = find_adapter(model).image_features(model, images(2))
+    assert features.shape == (2, expected, model.config.text_config.hidden_size)
+
+
+def test_paper_setting_gives_278_visual_tokens():
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vision = CLIPVisionConfig(
+        hidden_size=16, intermediate_size=16, num_hidden_layers=24, num_attention_heads=1, image_size=336, patch_size=14
+    )
+    text = LlamaConfig(hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=1, vocab_size=8)
+    model = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_id=3))
+    assert num_image_tokens(model) == 576
+    crossget_cli.patch(model, vision_r=13)
+    assert num_image_tokens(model) == 578 - 23 * 13 - 1 == 278
+
+
+def test_reducer_uses_head_averaged_keys_and_received_attention():
+    """The first reduction step, recomputed by hand from the layer's weights."""
+    model = tiny_llava()
+    crossget_cli.patch(model, vision_r=3)
+    vision = model.model.vision_tower
+    pixels = images(2)
+    with trace_reduction() as trace, torch.no_grad():
+        find_adapter(model).image_features(model, pixels)
+        x = vision.pre_layrnorm(vision.embeddings(pixels))
+    x = torch.cat([x, x[:, :1]], dim=1)  # cross slot: a copy of CLS; cross tokens are zero
+    layer = vision.encoder.layers[0]
+    attn = layer.self_attn
+    h = layer.layer_norm1(x)
+    n, t, _ = h.shape
+    heads, hd = attn.num_heads, attn.head_dim
+    q = attn.q_proj(h).view(n, t, heads, hd)
+    k = attn.k_proj(h).view(n, t, heads, hd)
+    probs = torch.stack([torch.softmax(q[:, :, i] @ k[:, :, i].transpose(1, 2) * hd**-0.5, dim=-1) for i in range(heads)])
+    mean = probs.mean(dim=0)  # [N, T, T]
+    importance = torch.stack([mean[:, : t - 1, j].mean(dim=1) + mean[:, t - 1, j] for j in range(t)], dim=1)
+    assert torch.allclose(attention_importance(probs.transpose(0, 1)), importance, atol=1e-6)
+    plan = complete_graph_matching(k.mean(dim=2), None, 3, protected_indices(n, t, None, "cpu"), importance=importance)
+    recorded = trace[0]["plan"]
+    assert torch.equal(recorded.src_idx, plan.src_idx) and torch.equal(recorded.dst_idx, plan.dst_idx)
+    assert torch.allclose(recorded.weight, plan.weight, atol=1e-6)
+
+
+def test_unpatch_is_exact():
+    model = tiny_llava()
+    inputs = inputs_for(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    before = model(**inputs).logits
+    crossget_cli.patch(model, vision_r=2)
+    assert "model.language_model.cross_text" in dict(model.named_parameters())
+    assert model(**inputs_for(model)).logits.shape[1] < before.shape[1]
+    crossget_cli.unpatch(model)
+    assert set(model.state_dict()) == set(state)
+    assert torch.equal(model(**inputs).logits, before)
+
+
+def test_generate_matches_features_fed_by_hand():
+    """Greedy and sampled generation of the patched model, a padded batch, equal
+    the unpatched model generating from the reduced features built by hand."""
+    model = tiny_llava()
+    crossget_cli.patch(model, vision_r=2)
+    inputs = inputs_for(model)
+    assert (inputs["attention_mask"] == 0).any()  # the prompts differ in length: left padding
+    embeds = reference_embeds(model, inputs)
+    reference = crossget_cli.unpatch(tiny_llava())
+    for sample in (False, True):
+        kwargs = dict(max_new_tokens=6, do_sample=sample, top_k=0, pad_token_id=0, eos_token_id=None)
+        torch.manual_seed(7)
+        patched = model.generate(**inputs, **kwargs)[:, inputs["input_ids"].shape[1] :]
+        torch.manual_seed(7)
+        by_hand = reference.generate(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], **kwargs)
+        assert torch.equal(patched, by_hand), sample
+
+
+def test_llm_cross_token_acts_in_prefill_and_lives_in_the_cache():
+    """A trained LLM cross token changes the output; generating with the KV
+    cache equals a greedy loop that re-runs the whole prompt every step."""
+    model = tiny_llava()
+    crossget_cli.patch(model, vision_r=2)
+    inputs = inputs_for(model, n=2)
+    zero = model(**inputs).logits
+    with torch.no_grad():
+        model.model.language_model.cross_text.normal_(std=0.5)
+    assert not torch.allclose(model(**inputs).logits, zero)
+    cached = model.generate(**inputs, max_new_tokens=5, do_sample=False, pad_token_id=0, eos_token_id=None)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    for _ in range(5):
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask, pixel_values=inputs["pixel_values"], use_cache=False).logits
+        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    assert torch.equal(cached, ids)
+
+
+def test_load_compress_and_reload_through_model_path(tmp_path):
+    from crossget_cli.tasks.export import compress
+    from crossget_cli.tasks.loading import load_model
+
+    folder = save_tiny_llava(tmp_path / "llava")
+    loaded = load_model(str(folder))
+    assert find_adapter(loaded.model).name == "llava" and loaded.tokenizer is not None
+    result = compress(str(folder), tmp_path / "out", vision_r=2, measure_speed=False)
+    assert result.report["tokens_per_layer"]["vision"] == [18, 16, 14, 12]
+    assert result.report["tokens_per_layer"]["text"] == [13, 13, 13]
+    reloaded = load_model(str(tmp_path / "out"))
+    assert num_image_tokens(reloaded.model) == 13
+    inputs = inputs_for(reloaded.model)
+    assert torch.equal(reloaded.model(**inputs).logits, result.model(**inputs).logits)
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["tokens_per_layer"]["vision"][0] == 18
