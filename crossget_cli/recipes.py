@@ -60,9 +60,10 @@ class FinetuneSpec:
 
 @dataclass(frozen=True)
 class EvalSpec:
-    task: str = "retrieval"  # retrieval / zeroshot / captioning / vqa
+    task: str = "retrieval"  # retrieval / zeroshot / captioning / vqa / multiple-choice
     dataset: str | None = None
     split: str | None = None
+    prompt: str | None = None  # generative tasks: the prompt template ({question} filled in)
     reference: dict[str, float] = field(default_factory=dict)  # the paper's numbers, for comparison
 
 

@@ -232,3 +232,102 @@ def test_load_compress_and_reload_through_model_path(tmp_path):
     assert torch.equal(reloaded.model(**inputs).logits, result.model(**inputs).logits)
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["tokens_per_layer"]["vision"][0] == 18
+
+
+def _answer_by_hand(loaded, image_path, question: str, template: str, max_new_tokens: int) -> str:
+    """One question, batch 1, the placeholder expanded by hand."""
+    from PIL import Image
+
+    from crossget_cli.tasks.encoders import model_io
+
+    io = model_io(loaded)
+    pixels = io.transform(Image.open(image_path).convert("RGB"))[None]
+    tokenizer = loaded.tokenizer
+    text = template.format(question=question).replace("<image>", "<image>" * num_image_tokens(loaded.model))
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = loaded.model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=max_new_tokens, do_sample=False)
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+
+
+def _image_files(folder, n):
+    from PIL import Image
+
+    paths = []
+    for i in range(n):
+        path = folder / f"img{i}.png"
+        Image.fromarray((torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(i)) * 255).byte().numpy()).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def llava_folders(tmp_path_factory):
+    from crossget_cli.tasks.export import compress
+
+    root = tmp_path_factory.mktemp("llava")
+    save_tiny_llava(root / "original")
+    compress(str(root / "original"), root / "r2", vision_r=2, measure_speed=False)
+    return root
+
+
+def test_eval_vqa_through_the_cli(llava_folders, tmp_path):
+    from typer.testing import CliRunner
+
+    from crossget_cli.adapters.llava import VQA_TEMPLATE
+    from crossget_cli.cli.app import app
+    from crossget_cli.tasks.loading import load_model
+
+    paths = _image_files(tmp_path, 3)
+    compressed = load_model(str(llava_folders / "r2"))
+    truth = [_answer_by_hand(compressed, p, q, VQA_TEMPLATE, 3) for p, q in zip(paths, QUESTIONS)]
+    truth[2] = "no such answer"  # the third question is answered wrongly
+    rows = [{"image": p.name, "question": q, "answers": [a] * 10} for p, q, a in zip(paths, QUESTIONS, truth)]
+    (tmp_path / "q.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    models = [str(llava_folders / "original"), str(llava_folders / "r2")]
+    args = ["eval", "--task", "vqa", "--data", str(tmp_path / "q.jsonl"), "--max-new-tokens", "3", "--batch-size", "2"]
+    result = CliRunner().invoke(app, [*args, "-m", models[0], "-m", models[1], "--json"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)["results"]["vqa"]
+    assert scores[models[1]]["overall"] == pytest.approx(200 / 3, abs=0.01)
+    assert set(scores) == set(models)
+
+
+def test_eval_multiple_choice_through_the_cli(llava_folders, tmp_path):
+    from typer.testing import CliRunner
+
+    from crossget_cli.adapters.llava import CHOICE_TEMPLATE
+    from crossget_cli.cli.app import app
+    from crossget_cli.tasks.choice import format_options
+    from crossget_cli.tasks.loading import load_model
+
+    paths = _image_files(tmp_path, 2)
+    compressed = load_model(str(llava_folders / "r2"))
+    rows = []
+    for i, path in enumerate(paths):
+        # Option B becomes the model's own answer to the question with these
+        # options (a fixed point, found by asking again with the answer as B).
+        options = ["zz top", "yy"]
+        for _ in range(5):
+            answer = _answer_by_hand(compressed, path, f"{QUESTIONS[i]}\n{format_options(options)}", CHOICE_TEMPLATE, 2)
+            if answer == options[1]:
+                break
+            options[1] = answer
+        assert answer == options[1]
+        rows.append({"image": path.name, "question": QUESTIONS[i], "options": options, "answer": "B" if i == 0 else 0})
+    (tmp_path / "mc.json").write_text(json.dumps(rows))
+    model = str(llava_folders / "r2")
+    args = ["eval", "--task", "multiple-choice", "--data", str(tmp_path / "mc.json"), "--max-new-tokens", "2", "-m", model]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["results"]["multiple-choice"][model] == {"accuracy": 50.0, "unparsed": 0.0}
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("B", 1), ("(C) the third", 2), ("A. first", 0), ("The answer is C.", 2), ("second", 1), ("E", None), ("hmm", None)],
+)
+def test_parse_choice(text, expected):
+    from crossget_cli.tasks.choice import parse_choice
+
+    assert parse_choice(text, ["first", "second", "third"]) == expected

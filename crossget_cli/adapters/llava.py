@@ -36,10 +36,9 @@ from .hf_clip import _attention_function, _output, _tower_modality, attention_re
 
 #: LLaVA-1.5's short-answer VQA prompt (its VQAv2/GQA evaluation template).
 VQA_TEMPLATE = "USER: <image>\n{question}\nAnswer the question using a single word or phrase. ASSISTANT:"
-#: LLaVA-1.5's multiple-choice prompt (ScienceQA / MMBench evaluation).
-CHOICE_TEMPLATE = (
-    "USER: <image>\n{question}\n{options}\nAnswer with the option's letter from the given choices directly. ASSISTANT:"
-)
+#: LLaVA-1.5's multiple-choice prompt (ScienceQA / MMBench evaluation); the
+#: question is followed by its options, one ``A. text`` per line.
+CHOICE_TEMPLATE = "USER: <image>\n{question}\nAnswer with the option's letter from the given choices directly. ASSISTANT:"
 
 
 # --------------------------------------------------------------------------- structure
@@ -317,8 +316,40 @@ class LlavaAdapter(Adapter):
     def num_image_tokens(self, model: nn.Module) -> int:
         return num_image_tokens(model)
 
-    def generator(self, io):
-        """The :class:`~crossget_cli.tasks.evaluation.Generator` of a loaded model."""
-        from ..tasks.generation import LlavaGenerator
+    def generator(self, tokenizer) -> "LlavaGenerator":
+        """What ``crossget eval`` generates answers with (needs the model's tokenizer)."""
+        if tokenizer is None:
+            raise CrossGetError(
+                "no tokenizer was saved with the LLaVA model", "save one next to it (tokenizer.save_pretrained(folder))"
+            )
+        return LlavaGenerator(tokenizer)
 
-        return LlavaGenerator(io)
+
+@dataclass
+class LlavaGenerator:
+    """Answers questions about images with a (patched or original) LLaVA:
+    the prompt template's ``{question}`` is filled in, the image placeholder
+    expanded to the model's visual-token count, and the new tokens decoded."""
+
+    tokenizer: object
+    templates: dict = field(default_factory=lambda: {"vqa": VQA_TEMPLATE, "multiple-choice": CHOICE_TEMPLATE})
+
+    def answer_questions(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        questions: Sequence[str],
+        prompt: str | None = None,
+        max_new_tokens: int = 16,
+        **generation,
+    ) -> list[str]:
+        template = prompt or self.templates["vqa"]
+        if "{question}" not in template:
+            raise CrossGetError(f"prompt template {template!r} has no {{question}}", f"e.g. {VQA_TEMPLATE!r}")
+        inputs = prepare_inputs(model, self.tokenizer, [template.format(question=q) for q in questions], images)
+        pad = self.tokenizer.pad_token_id
+        settings = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, **generation)
+        with torch.inference_mode():
+            out = model.generate(**inputs, **settings)
+        new = out[:, inputs["input_ids"].shape[1] :]
+        return [text.strip() for text in self.tokenizer.batch_decode(new, skip_special_tokens=True)]

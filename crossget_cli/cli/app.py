@@ -452,7 +452,9 @@ def eval_command(
         Optional[list[str]],
         typer.Option("--model", "-m", help="Model to evaluate; repeat to compare (the first is the reference for deltas)."),
     ] = None,
-    task: Annotated[str, typer.Option("--task", "-t", help="retrieval, zeroshot, captioning or vqa.")] = "retrieval",
+    task: Annotated[
+        str, typer.Option("--task", "-t", help="retrieval, zeroshot, captioning, vqa or multiple-choice.")
+    ] = "retrieval",
     data: Annotated[
         Optional[str],
         typer.Option(
@@ -472,6 +474,13 @@ def eval_command(
     vqa_variant: Annotated[
         str, typer.Option("--vqa-variant", help="official (current vqaEval.py) or legacy (the 2016 code BLIP/LAVIS use).")
     ] = "official",
+    prompt: Annotated[
+        Optional[str],
+        typer.Option(
+            "--prompt", help="Generative tasks: prompt template with {question} (default: the model's recipe, else built in)."
+        ),
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Generative tasks: tokens to generate at most.")] = 20,
     pretrained: PretrainedOpt = None,
     image_root: Annotated[
         Optional[str], typer.Option("--image-root", help="Folder the data's image paths are relative to.")
@@ -517,6 +526,8 @@ def eval_command(
         templates=templates,
         annotations=annotations,
         vqa_variant=vqa_variant,
+        max_new_tokens=max_new_tokens,
+        prompt=prompt,
         batch_size=batch_size,
         num_workers=num_workers,
         device=device,

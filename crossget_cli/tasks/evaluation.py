@@ -3,6 +3,8 @@ set; results per model and deltas to the first model.
 
 Tasks: ``retrieval`` (recall@1/5/10 both ways, :mod:`.retrieval`) and
 ``zeroshot`` (top-1/top-5, :mod:`.zeroshot`) for CLIP-style models.
+``multiple-choice`` (ScienceQA/MMBench style, :mod:`.choice`) asks a generative
+model to pick an option letter and scores accuracy.
 ``captioning`` and ``vqa`` score generated text with :mod:`.metrics`: either
 text a model generates through its adapter (the :class:`Generator` protocol,
 which generative adapters implement) or prediction files written elsewhere
@@ -23,7 +25,7 @@ from .encoders import ModelIO, model_io
 from .loading import DTYPES, load_model
 
 SCHEMA_VERSION = 1
-TASKS = ("retrieval", "zeroshot", "captioning", "vqa")
+TASKS = ("retrieval", "zeroshot", "captioning", "vqa", "multiple-choice")
 Progress = Callable[[str, int, int], None]
 
 
@@ -50,6 +52,8 @@ class EvalConfig:
     templates: str = "openai-imagenet"  # zeroshot prompts: a built-in name or a file
     annotations: str | None = None  # VQAv2 annotation JSON (vqa)
     vqa_variant: str = "official"  # official (current vqaEval.py) or legacy (2016 code, as BLIP/LAVIS)
+    max_new_tokens: int = 20  # captioning/vqa generation settings
+    prompt: str | None = None  # caption prefix, or a VQA template with {question}
     batch_size: int = 64
     num_workers: int = 0
     device: str = "cpu"
@@ -59,7 +63,7 @@ class EvalConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise CrossGetError(f"unknown task {self.task!r}", f"choose one of: {', '.join(TASKS)}")
-        for name, low in (("batch_size", 1), ("num_workers", 0)):
+        for name, low in (("batch_size", 1), ("num_workers", 0), ("max_new_tokens", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise CrossGetError(f"{name} must be an integer >= {low}, got {value!r}", f"e.g. --{name.replace('_', '-')} 64")
@@ -222,6 +226,10 @@ def _load_data(config: EvalConfig):
         classnames = _read_lines(config.classnames, "--classnames") if config.classnames else None
         loaded = data.load_classification(config.data, label_column=config.label_column, classnames=classnames, **common)
         return loaded, data.load_templates(config.templates)
+    if config.task == "multiple-choice":
+        from .choice import load_multiple_choice
+
+        return load_multiple_choice(config.data, image_root=config.image_root, limit=config.limit)
     return data.load_vqa(
         config.data, annotations=config.annotations, image_root=config.image_root, split=config.split, limit=config.limit
     )
@@ -306,6 +314,8 @@ def _learned_prompts(io: ModelIO, classnames: Sequence[str]):
 
 def _generator(io: ModelIO, task: str) -> Generator:
     adapter = find_adapter(io.model)
+    if hasattr(adapter, "generator"):  # a generator that needs the model's tokenizer (LLaVA)
+        return adapter.generator(io.loaded.tokenizer)
     method = "generate_captions" if task == "captioning" else "answer_questions"
     if not hasattr(adapter, method):
         raise CrossGetError(
@@ -324,16 +334,58 @@ def _run_captioning(io: ModelIO, data, config: EvalConfig, report, notes: list[s
     return _caption_metrics(data, dict(zip(ids, captions)), notes)
 
 
-def _run_vqa(io: ModelIO, data, config: EvalConfig, report, notes: list[str]) -> dict[str, float]:
-    generator = _generator(io, "vqa")
-    answers = {}
+def _generation_settings(io: ModelIO, config: EvalConfig, generator, task: str) -> dict[str, Any]:
+    """The prompt template (``--prompt``, else the one in the evaluated model's
+    exported recipe, else the generator's default for ``task``) and length."""
+    prompt = config.prompt or _recipe_prompt(io.loaded.source) or getattr(generator, "templates", {}).get(task)
+    settings: dict[str, Any] = {"max_new_tokens": config.max_new_tokens}
+    if prompt is not None:
+        settings["prompt"] = prompt
+    return settings
+
+
+def _recipe_prompt(source: str) -> str | None:
+    from pathlib import Path
+
+    from ..recipes import load_recipe
+
+    recipe_file = Path(source) / "crossget.yaml"
+    if not recipe_file.is_file():
+        return None
+    recipe = load_recipe(recipe_file)
+    return recipe.eval.prompt if recipe.eval is not None else None
+
+
+def _answers(io: ModelIO, data, questions: Sequence[str], config: EvalConfig, task: str, report) -> list[str]:
+    """Generated answers to ``questions`` (one per image of ``data``), in order."""
+    generator = _generator(io, task)
+    settings = _generation_settings(io, config, generator, task)
+    answers: list[str] = []
     loader = DataLoader(data.image_dataset(io.transform), batch_size=config.batch_size, num_workers=config.num_workers)
     for indices, images in loader:
-        questions = [data.questions[i] for i in indices.tolist()]
-        for i, answer in zip(indices.tolist(), generator.answer_questions(io.model, images.to(io.device, io.dtype), questions)):
-            answers[str(data.question_ids[i])] = answer
-        report(len(answers), len(data.questions), "questions")
-    return _vqa_metrics(data, answers, config)
+        batch = [questions[i] for i in indices.tolist()]
+        answers += generator.answer_questions(io.model, images.to(io.device, io.dtype), batch, **settings)
+        report(len(answers), len(questions), "questions")
+    return answers
 
 
-_TASK_RUNNERS = {"retrieval": _run_retrieval, "zeroshot": _run_zeroshot, "captioning": _run_captioning, "vqa": _run_vqa}
+def _run_vqa(io: ModelIO, data, config: EvalConfig, report, notes: list[str]) -> dict[str, float]:
+    answers = _answers(io, data, data.questions, config, "vqa", report)
+    return _vqa_metrics(data, {str(q): a for q, a in zip(data.question_ids, answers)}, config)
+
+
+def _run_multiple_choice(io: ModelIO, data, config: EvalConfig, report, notes: list[str]) -> dict[str, float]:
+    from .choice import choice_accuracy, format_options, parse_choice
+
+    questions = [f"{q}\n{format_options(options)}" for q, options in zip(data.questions, data.options)]
+    answers = _answers(io, data, questions, config, "multiple-choice", report)
+    return choice_accuracy([parse_choice(a, o) for a, o in zip(answers, data.options)], data.answers)
+
+
+_TASK_RUNNERS = {
+    "retrieval": _run_retrieval,
+    "zeroshot": _run_zeroshot,
+    "captioning": _run_captioning,
+    "vqa": _run_vqa,
+    "multiple-choice": _run_multiple_choice,
+}
