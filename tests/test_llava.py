@@ -331,3 +331,48 @@ def test_parse_choice(text, expected):
     from crossget_cli.tasks.choice import parse_choice
 
     assert parse_choice(text, ["first", "second", "third"]) == expected
+
+
+def test_compress_and_profile_through_the_cli(llava_folders, tmp_path):
+    from typer.testing import CliRunner
+
+    from crossget_cli.cli.app import app
+
+    runner = CliRunner()
+    original = str(llava_folders / "original")
+    result = runner.invoke(app, ["compress", "-m", original, "-o", str(tmp_path / "r3"), "--vision-r", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)["report"]
+    assert report["tokens_per_layer"]["vision"] == [18, 15, 12, 9]  # 16 patches + CLS + cross, r = 3
+    assert report["profile"]["runs"][1]["tokens_per_layer"]["text"] == [11] * 3  # 12 - CLS into the LLM
+
+    args = ["profile", "-m", original, "--vision-r", "2,3", "--batch-sizes", "2", "--warmup", "0", "--repeats", "1"]
+    result = runner.invoke(app, [*args, "--new-tokens", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    runs = json.loads(result.stdout)["runs"]
+    assert [r["label"] for r in runs] == ["original", "rv2_rl0", "rv3_rl0"]
+    assert [r["facts"]["visual_tokens_into_llm"] for r in runs] == [16, 13, 11]
+    # The prompts hold the visual tokens: the reduced runs' prompts are shorter by the difference.
+    assert [runs[0]["prompt_tokens"] - r["prompt_tokens"] for r in runs] == [0, 3, 5]
+    assert all(r["answers_per_s"] > 0 and r["prefill_ms"] > 0 for r in runs)
+
+
+def test_generation_timing_formulas():
+    """A stand-in whose generate takes 20 ms + 5 ms per new token: prefill is
+    one token, decode runs at batch / 5 ms."""
+    import time
+
+    from crossget_cli.tasks.generation import GenerationConfig, GenerationRun, profile_generation
+
+    class Sleeper(torch.nn.Linear):
+        def generate(self, input_ids, max_new_tokens, min_new_tokens, do_sample, **_):
+            assert max_new_tokens == min_new_tokens and not do_sample
+            time.sleep(0.02 + 0.005 * max_new_tokens)
+
+    inputs = {"input_ids": torch.zeros(4, 10, dtype=torch.long)}
+    (result,) = profile_generation([GenerationRun("s", Sleeper(1, 1), inputs)], GenerationConfig(new_tokens=9, repeats=3))
+    assert result.prefill_ms == pytest.approx(25, rel=0.3)
+    assert result.generate_ms == pytest.approx(65, rel=0.3)
+    assert result.decode_tokens_per_s == pytest.approx(4 / 0.005, rel=0.3)
+    assert result.answers_per_s == pytest.approx(4 / 0.065, rel=0.3)
+    assert result.prompt_tokens == 10 and result.batch == 4

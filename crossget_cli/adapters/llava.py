@@ -316,6 +316,33 @@ class LlavaAdapter(Adapter):
     def num_image_tokens(self, model: nn.Module) -> int:
         return num_image_tokens(model)
 
+    def generation_facts(self, model: nn.Module) -> dict:
+        return {"visual_tokens_into_llm": num_image_tokens(model)}
+
+    def generation_inputs(self, model: nn.Module, batch: int, text_tokens: int = 32, seed: int = 0) -> dict:
+        """Example ``generate`` inputs without a tokenizer: per prompt BOS, a few
+        random tokens, the image tokens and more random tokens (prompts differ in
+        length by one token each, left padded), and random images."""
+        config = _config(model)
+        text = config.text_config
+        gen = torch.Generator().manual_seed(seed)
+        special = {config.image_token_id, text.bos_token_id, text.eos_token_id, text.pad_token_id}
+        allowed = torch.tensor([i for i in range(min(text.vocab_size, 32000)) if i not in special])
+        image = [config.image_token_id] * num_image_tokens(model)
+        rows = []
+        for i in range(batch):
+            words = allowed[torch.randint(len(allowed), (text_tokens + i,), generator=gen)].tolist()
+            bos = [] if text.bos_token_id is None else [text.bos_token_id]
+            rows.append(bos + words[:4] + image + words[4:])
+        width = max(len(r) for r in rows)
+        pad = text.pad_token_id if text.pad_token_id is not None else 0
+        size = config.vision_config.image_size
+        return {
+            "input_ids": torch.tensor([[pad] * (width - len(r)) + r for r in rows]),
+            "attention_mask": torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows]),
+            "pixel_values": torch.randn(batch, 3, size, size, generator=gen),
+        }
+
     def generator(self, tokenizer) -> "LlavaGenerator":
         """What ``crossget eval`` generates answers with (needs the model's tokenizer)."""
         if tokenizer is None:

@@ -403,10 +403,14 @@ def profile(
         Optional[Path], typer.Option("--accuracy", help="JSON mapping run label (e.g. rv16_rl0) to accuracy, for the plot.")
     ] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the JSON report to this file.")] = None,
+    new_tokens: Annotated[
+        int, typer.Option("--new-tokens", help="Generative models (LLaVA): tokens generated per answer for decode timing.")
+    ] = 32,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ):
-    """FLOPs, throughput, latency, memory and matching time: original vs CrossGET, over a sweep of r."""
+    """FLOPs, throughput, latency, memory and matching time: original vs CrossGET, over a sweep of r.
+    Generative models (LLaVA): visual tokens into the LLM, prefill latency, decode tokens/s, answers/s, memory."""
     from ..api import reduction_config
     from ..tasks.loading import load_model
     from ..tasks.files import write_atomic
@@ -432,6 +436,20 @@ def profile(
         towers=towers,
         method=method,
     )
+    from ..adapters import find_adapter
+
+    if hasattr(find_adapter(loaded.model), "generation_inputs"):
+        from ..tasks.generation import profile_generative
+        from .render import generation_table
+
+        data = profile_generative(loaded.model, config, new_tokens=new_tokens, model_name=loaded.source)
+        if output:
+            write_text_atomic(output, json.dumps(data, indent=2, default=str) + "\n")
+        if json_out:
+            print_json(data)
+        else:
+            stdout.print(generation_table(data))
+        return
     with progress_bar("profiling") as advance:
         report = profile_model(loaded.model, config, progress=advance, model_name=loaded.source)
     data = report.to_dict()

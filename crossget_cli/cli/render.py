@@ -124,6 +124,30 @@ def eval_table(report: dict) -> Table:
     return table
 
 
+def generation_table(report: dict) -> Table:
+    """One row per run of a generative-model profile; later runs show speed-ups."""
+    table = Table(title=f"generation: {report['model']} on {report['device']} ({report['dtype']})")
+    for column in ("run", "visual tokens", "prompt", "prefill ms", "decode tok/s", "answers/s", "peak MB"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+
+    def fmt(value, ratio=None, digits=1):
+        text = "-" if value is None else f"{value:.{digits}f}"
+        return text if ratio is None else f"{text} ({ratio:.2f}x)"
+
+    for i, run in enumerate(report["runs"]):
+        ratios = run["ratios"] if i else {}
+        table.add_row(
+            run["label"],
+            str(run["facts"].get("visual_tokens_into_llm", "-")),
+            str(run["prompt_tokens"]),
+            fmt(run["prefill_ms"], ratios.get("prefill_speedup")),
+            fmt(run["decode_tokens_per_s"], ratios.get("decode_speedup")),
+            fmt(run["answers_per_s"], ratios.get("answers_per_s_speedup"), 2),
+            fmt(run["peak_memory_mb"]),
+        )
+    return table
+
+
 @contextlib.contextmanager
 def training_progress(enabled: bool) -> Iterator[Callable[[dict], None] | None]:
     """A Rich status line with step, loss and throughput on stderr while training."""
