@@ -328,5 +328,27 @@ def test_builtin_shapes_benchmark_through_eval(tmp_path, monkeypatch):
     assert json.loads(first.stdout)["num_items"] == 6
     again = runner.invoke(app, args)  # served from the cache
     assert json.loads(again.stdout)["results"] == json.loads(first.stdout)["results"]
+
+    # Hard-negative accuracy, recomputed image by image with open_clip's own transform and tokenizer.
+    folder = next((tmp_path / "cache").iterdir())
+    entries = [e for e in json.loads((folder / "dataset_shapes.json").read_text())["images"] if e["split"] == "test"]
+    model = open_clip.create_model("local-dir:" + str(tmp_path / "tiny")).eval()
+    preprocess = open_clip.image_transform(BPE_TINY["image_resolution"], is_train=False)
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=BPE_TINY["context_length"])
+    wins = 0
+    with torch.no_grad():
+        for e in entries:
+            image = model.encode_image(preprocess(Image.open(folder / e["filepath"] / e["filename"]).convert("RGB"))[None])
+            captions = [e["sentences"][0]["raw"], *e["hard_negatives"]]
+            scores = torch.cosine_similarity(image, model.encode_text(tokenizer(captions)))
+            wins += bool((scores[0] > scores[1:]).all())
+    assert len(entries[0]["hard_negatives"]) == 8
+    got = json.loads(first.stdout)["results"]["retrieval"][str(tmp_path / "tiny")]["hard_neg_acc"]
+    assert got == pytest.approx(100.0 * wins / len(entries))
+
+    seeded = runner.invoke(app, [*args[:-3], "-d", "builtin:shapes-test@1", "--json"])
+    assert seeded.exit_code == 0, seeded.output
+    assert json.loads(seeded.stdout)["results"] != json.loads(first.stdout)["results"]  # other composites
+    assert len(list((tmp_path / "cache").iterdir())) == 2
     bad = runner.invoke(app, ["eval", "-m", str(tmp_path / "tiny"), "-t", "retrieval", "-d", "builtin:nope"])
     assert bad.exit_code == 2 and "builtin:shapes" in bad.stderr

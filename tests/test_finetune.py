@@ -17,7 +17,7 @@ import crossget_cli
 from crossget_cli.cli.app import app
 from crossget_cli.errors import CrossGetError
 from crossget_cli.tasks.encoders import model_io
-from crossget_cli.tasks.finetune import FinetuneConfig, finetune
+from crossget_cli.tasks.finetune import FinetuneConfig, Objective, finetune, register_objective
 from crossget_cli.tasks.loading import load_model
 from tiny_models import RGB, save_openclip_folder
 
@@ -150,6 +150,49 @@ def test_bad_finetune_input(shapes, tiny, tmp_path):
     assert result.exit_code == 2 and "--train-data" in result.stderr
     result = runner.invoke(app, ["compress", "-m", str(tiny), "-o", str(tmp_path / "o"), "--train-data", "x.json"])
     assert result.exit_code == 2 and "--finetune" in result.stderr
+
+
+def test_unknown_objective_is_one_clear_line(shapes, tiny, tmp_path):
+    with pytest.raises(CrossGetError, match="unknown fine-tuning objective 'nope'"):
+        _config(shapes, objective="nope")
+    ft = ["--finetune", "--train-data", str(shapes / "data.json"), "--objective", "nope"]
+    result = runner.invoke(app, ["compress", "-m", str(tiny), "-o", str(tmp_path / "o"), *ft])
+    assert result.exit_code == 2 and "clip" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_registered_objective_drives_the_loop(shapes, tiny):
+    """A toy objective (pull the vision cross token to a target, one item per step)
+    through the shared loop: it sees exactly the items and weights the config sets,
+    and plain gradient descent on a quadratic gives the hand-computed trajectory."""
+
+    @register_objective("test-quadratic")
+    class Quadratic(Objective):
+        parts = ("distance",)
+        default_js_weight = 0.0
+
+        def dataset(self, io, config):
+            return list(range(6))
+
+        def losses(self, model, io, items, config):
+            cross = model.visual.transformer.cross_image
+            distance = ((cross - 1.0) ** 2).sum()
+            seen.extend(items)
+            return {"distance": distance, "total": config.task_weight * distance}
+
+    seen = []
+    io = _io(tiny)
+    start = io.model.visual.transformer.cross_image.detach().clone()
+    frozen = io.model.visual.conv1.weight.detach().clone()
+    config = _config(shapes, objective="test-quadratic", batch_size=2, epochs=1, trainable="cross_image", weight_decay=0.0)
+    assert config.task_weight == 1.0 and config.js_weight == 0.0
+    result = finetune(io, config)
+    assert result.steps == 3 and sorted(seen) == list(range(6))
+    assert [set(r) >= {"distance", "loss"} for r in result.history] == [True] * 3
+    assert result.history[0]["distance"] == pytest.approx(((start - 1.0) ** 2).sum().item(), rel=1e-6)
+    assert result.history[-1]["distance"] < result.history[0]["distance"]
+    assert not torch.equal(io.model.visual.transformer.cross_image, start)
+    assert torch.equal(io.model.visual.conv1.weight, frozen)  # --trainable kept the rest frozen
 
 
 def test_transformers_model_finetunes_through_its_tokenizer(shapes, tmp_path):

@@ -191,7 +191,7 @@ def compress(
         Optional[str],
         typer.Option(
             "--objective",
-            help="clip (ITC + L_JS on image-caption pairs) or coop (prompt learning on classes).",
+            help="clip (ITC + L_JS on image-caption pairs), coop (prompt learning on classes), or another registered objective.",
             rich_help_panel=FT,
         ),
     ] = None,
@@ -226,12 +226,11 @@ def compress(
         finetune_config = _coop_run(
             recipe_obj, train_data, image_root, split, epochs, max_steps, batch_size, lr, weight_decay, seed, device, coop_flags
         )
-    elif finetune and wanted != "clip":
-        raise CrossGetError(f"unknown --objective {wanted!r}", "use clip or coop")
     elif finetune:
         finetune_config = _finetune_config(
             recipe_obj,
             dict(
+                objective=wanted,
                 data=train_data,
                 val_data=val_data,
                 image_root=image_root,
@@ -329,8 +328,6 @@ def _finetune_config(recipe, flags: dict):
     spec = recipe.finetune if recipe is not None else None
     from_recipe = {}
     if spec is not None:
-        if spec.objective not in ("clip", "coop"):
-            raise CrossGetError(f"fine-tuning objective {spec.objective!r} is not available yet", "use objective: clip or coop")
         from_recipe = dict(
             lr=spec.lr,
             weight_decay=spec.weight_decay,
@@ -338,7 +335,6 @@ def _finetune_config(recipe, flags: dict):
             batch_size=spec.batch_size,
             schedule=spec.schedule,
             js_weight=spec.js_weight,
-            itc_weight=1 - spec.js_weight,
         )
         if spec.trainable in ("all", "cross"):
             from_recipe["trainable"] = spec.trainable

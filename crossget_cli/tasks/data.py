@@ -211,6 +211,9 @@ class RetrievalData:
         image_to_captions: for each image, the indices of its captions.
         image_ids: original ids (COCO id, Karpathy ``imgid``, the path as written in
             the data file, an HF id column), or None when the data has none.
+        hard_negatives: for each image, captions that are *almost* right (Karpathy
+            JSON entries may carry a ``"hard_negatives"`` list, as the built-in
+            shapes benchmark does), or None when the data has none.
     """
 
     image_paths: Sequence[ImageRef]
@@ -218,6 +221,7 @@ class RetrievalData:
     caption_to_image: list[int]
     image_to_captions: list[list[int]]
     image_ids: list[Any] | None = None
+    hard_negatives: list[list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -238,6 +242,7 @@ class RetrievalData:
             caption_to_image=[self.caption_to_image[c] for c in keep],
             image_to_captions=[[renumber[c] for c in caps] for caps in self.image_to_captions[:n]],
             image_ids=None if self.image_ids is None else self.image_ids[:n],
+            hard_negatives=None if self.hard_negatives is None else self.hard_negatives[:n],
         )
 
 
@@ -688,7 +693,15 @@ def _karpathy(path: Path, data: dict, image_root: Any, split: str | None) -> Ret
         image_id = e.get("cocoid", e.get("imgid", filename))
         full = _join(root, rel)
         builder.add(full, full, image_id, captions)
-    return builder.build(os.fspath(path))
+    result = builder.build(os.fspath(path))
+    if any("hard_negatives" in e for e in selected):
+        if len(result) != len(selected):
+            raise CrossGetError(f"{path}: an image is listed twice", "hard negatives need one entry per image")
+        negatives = [e.get("hard_negatives", []) for e in selected]
+        if not all(isinstance(n, list) and all(isinstance(c, str) for c in n) for n in negatives):
+            raise CrossGetError(f"{path}: 'hard_negatives' must be a list of caption strings", "fix the data")
+        result.hard_negatives = [list(n) for n in negatives]
+    return result
 
 
 def _records_retrieval(path: Path, rows: list, image_root: Any, image_column: str, caption_column: str) -> RetrievalData:

@@ -269,7 +269,20 @@ def _run_retrieval(io: ModelIO, data, config: EvalConfig, report, notes: list[st
     images = io.encode_images(_image_batches(io, data.image_dataset(io.transform), config, report, "images"))
     texts = io.encode_texts(data.captions, config.batch_size)
     report(len(data.captions), len(data.captions), "captions")
-    return retrieval_recall(images, texts, data.caption_to_image)
+    scores = retrieval_recall(images, texts, data.caption_to_image)
+    if data.hard_negatives:
+        scores["hard_neg_acc"] = _hard_negative_accuracy(io, data, images, texts, config)
+    return scores
+
+
+def _hard_negative_accuracy(io: ModelIO, data, images: torch.Tensor, texts: torch.Tensor, config: EvalConfig) -> float:
+    """Each image's first caption against its hard negatives (:func:`.retrieval.hard_negative_accuracy`)."""
+    from .retrieval import hard_negative_accuracy
+
+    negatives = [caption for group in data.hard_negatives for caption in group]
+    owner = [i for i, group in enumerate(data.hard_negatives) for _ in group]
+    true_captions = texts[[captions[0] for captions in data.image_to_captions]]
+    return hard_negative_accuracy(images, true_captions, io.encode_texts(negatives, config.batch_size), owner)
 
 
 def _run_zeroshot(io: ModelIO, data, config: EvalConfig, report, notes: list[str]) -> dict[str, float]:

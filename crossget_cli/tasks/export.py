@@ -150,29 +150,12 @@ def _coop_spec(recipe: Recipe, run: CoopRun) -> FinetuneSpec:
 
 
 def _finetune(loaded: LoadedModel, config: FinetuneConfig, progress) -> dict[str, Any]:
-    from . import data as data_module
     from .encoders import model_io
-    from .finetune import world_info, finetune, init_distributed
-    from .retrieval import retrieval_recall
+    from .finetune import finetune, get_objective, init_distributed, world_info
 
     init_distributed(config.device)
     io = model_io(loaded, config.device)
-    evaluate = None
-    if config.val_data:
-        val = data_module.load_retrieval(
-            config.val_data,
-            image_root=config.image_root,
-            split=config.val_split,
-            image_column=config.image_column,
-            caption_column=config.caption_column,
-        )
-
-        def evaluate(io):
-            from torch.utils.data import DataLoader
-
-            batches = (images for _, images in DataLoader(val.image_dataset(io.transform), batch_size=64))
-            return retrieval_recall(io.encode_images(batches), io.encode_texts(val.captions, 64), val.caption_to_image)
-
+    evaluate = get_objective(config.objective).validator(config) if config.val_data else None
     result = finetune(io, config, progress=progress, evaluate=evaluate)
     io.model.to("cpu", torch.float32)
     return {**result.to_dict(), "rank": world_info()[0], "history": result.history}
@@ -184,7 +167,7 @@ def _finetune_spec(recipe: Recipe, config: FinetuneConfig) -> FinetuneSpec:
     base = recipe.finetune or FinetuneSpec()
     return replace(
         base,
-        objective="clip",
+        objective=config.objective,
         js_weight=config.js_weight,
         lr=config.lr,
         weight_decay=config.weight_decay,

@@ -1,5 +1,9 @@
-"""Fine-tuning a patched CLIP with ITC + L_JS (SPEC §4): the library side of
-``crossget compress --finetune``.
+"""Fine-tuning a patched model with a task loss + L_JS (SPEC §4): the library side
+of ``crossget compress --finetune``.
+
+What is optimised is an :class:`Objective` (its training items and its losses),
+registered by name: ``clip`` (ITC + L_JS on image-caption pairs) lives here; model
+families add theirs with :func:`register_objective`. The loop is shared.
 
 One process or several (``torchrun``: distributed data parallel, gloo on CPU,
 NCCL on CUDA) run the same loop. Every rank sees the same seeded global batch
@@ -19,7 +23,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -61,8 +65,9 @@ class FinetuneConfig:
     clip_grad: float | None = None
     trainable: str = "all"  # all, cross, or comma-separated parameter-name substrings
     amp: str = "none"  # none, fp16 (with a gradient scaler), bf16; CUDA only
-    itc_weight: float = 0.5
-    js_weight: float = 0.5
+    objective: str = "clip"  # a registered Objective: what the loss is and what data it reads
+    task_weight: float | None = None  # weight of the task loss (ITC for clip); None: the objective's default
+    js_weight: float | None = None  # weight of L_JS; None: the objective's default
     seed: int = 0
     device: str = "cpu"
     num_workers: int = 0
@@ -92,6 +97,68 @@ class FinetuneConfig:
             raise CrossGetError(f"--amp {self.amp} needs a CUDA device", "use --amp none on the CPU")
         if self.resume and not self.checkpoint_dir:
             raise CrossGetError("--resume needs --checkpoint-dir", "pass the folder of the interrupted run")
+        objective = get_objective(self.objective)
+        if self.js_weight is None:
+            object.__setattr__(self, "js_weight", objective.default_js_weight)
+        if self.task_weight is None:
+            object.__setattr__(self, "task_weight", objective.task_weight_for(self.js_weight))
+        for name in ("task_weight", "js_weight"):
+            if not getattr(self, name) >= 0:
+                raise CrossGetError(f"{name} must be >= 0, got {getattr(self, name)!r}", f"e.g. --{name.replace('_', '-')} 0.5")
+
+
+class Objective:
+    """What a fine-tune optimises: the training items and the losses of a batch of them.
+
+    ``dataset`` returns an indexable data set of items (anything ``losses`` understands);
+    ``losses`` returns the loss terms named in ``parts`` and their weighted ``"total"``,
+    computed over the *global* batch when several processes train (gather what the
+    loss couples across samples). ``metric`` is the validation score to maximise.
+    """
+
+    name: ClassVar[str]
+    parts: ClassVar[tuple[str, ...]] = ()
+    metric: ClassVar[str] = "r_mean"
+    default_js_weight: ClassVar[float] = 0.5
+    default_task_weight: ClassVar[float] = 1.0
+
+    def task_weight_for(self, js_weight: float) -> float:
+        """The task loss's weight when only ``js_weight`` is given."""
+        return self.default_task_weight
+
+    def dataset(self, io: ModelIO, config: FinetuneConfig) -> Dataset:
+        raise NotImplementedError
+
+    def losses(self, model: nn.Module, io: ModelIO, items: list[Any], config: FinetuneConfig) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def validator(self, config: FinetuneConfig) -> Callable[[ModelIO], dict[str, float]] | None:
+        """Scores of the model on ``config.val_data`` (including ``metric``), or None: no validation."""
+        return None
+
+
+_OBJECTIVES: dict[str, type[Objective]] = {}
+
+
+def register_objective(name: str):
+    """Class decorator: make an :class:`Objective` available as ``--objective name``."""
+
+    def decorate(cls: type[Objective]) -> type[Objective]:
+        cls.name = name
+        _OBJECTIVES[name] = cls
+        return cls
+
+    return decorate
+
+
+def list_objectives() -> list[str]:
+    return sorted(_OBJECTIVES)
+
+
+def get_objective(name: str) -> Objective:
+    if name not in _OBJECTIVES:
+        raise CrossGetError(f"unknown fine-tuning objective {name!r}", f"choose one of: {', '.join(list_objectives())}")
+    return _OBJECTIVES[name]()
 
 
 @dataclass
@@ -174,21 +241,66 @@ def _gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(tensor))
 
 
-def _batch_losses(model, images, texts, image_ids, config: FinetuneConfig) -> dict[str, torch.Tensor]:
-    """ITC + L_JS of the global batch (local rows gathered from every rank)."""
-    from ..adapters import find_adapter
-    from ..core import contrastive_loss, js_loss
+@register_objective("clip")
+class ClipObjective(Objective):
+    """ITC with soft targets + L_JS on image-caption pairs (SPEC §4), 0.5 / 0.5 by default."""
 
-    local = clip_losses(model, images, texts, image_ids, config.itc_weight, config.js_weight)
-    if world_info()[1] == 1:
-        return local
-    adapter = find_adapter(model)
-    itc = contrastive_loss(
-        _gather(local["image_features"]), _gather(local["text_features"]), adapter.logit_scale(model), _gather(image_ids)
-    )
-    # Cross rows are layer-major per rank; gathering keeps image and text rows aligned.
-    js = js_loss(_gather(local["image_cross"]), _gather(local["text_cross"]))
-    return {"itc": itc, "js": js, "total": config.itc_weight * itc + config.js_weight * js}
+    parts = ("itc", "js")
+    default_task_weight = 0.5
+
+    def task_weight_for(self, js_weight: float) -> float:
+        return 1.0 - js_weight if js_weight <= 1 else 1.0
+
+    def dataset(self, io: ModelIO, config: FinetuneConfig) -> Dataset:
+        from . import data as data_module
+
+        train = data_module.load_retrieval(
+            config.data,
+            image_root=config.image_root,
+            split=config.split,
+            image_column=config.image_column,
+            caption_column=config.caption_column,
+            limit=config.limit,
+        )
+        return _Pairs(train, io.transform)
+
+    def losses(self, model: nn.Module, io: ModelIO, items: list[Any], config: FinetuneConfig) -> dict[str, torch.Tensor]:
+        from ..adapters import find_adapter
+        from ..core import contrastive_loss, js_loss
+
+        images = torch.stack([it[0] for it in items]).to(io.device)
+        texts = io.tokenize([it[1] for it in items]).to(io.device)
+        image_ids = torch.tensor([it[2] for it in items], device=io.device)
+        local = clip_losses(model, images, texts, image_ids, config.task_weight, config.js_weight)
+        if world_info()[1] == 1:
+            return local
+        adapter = find_adapter(model)
+        itc = contrastive_loss(
+            _gather(local["image_features"]), _gather(local["text_features"]), adapter.logit_scale(model), _gather(image_ids)
+        )
+        # Cross rows are layer-major per rank; gathering keeps image and text rows aligned.
+        js = js_loss(_gather(local["image_cross"]), _gather(local["text_cross"]))
+        return {"itc": itc, "js": js, "total": config.task_weight * itc + config.js_weight * js}
+
+    def validator(self, config: FinetuneConfig) -> Callable[[ModelIO], dict[str, float]]:
+        from torch.utils.data import DataLoader
+
+        from . import data as data_module
+        from .retrieval import retrieval_recall
+
+        val = data_module.load_retrieval(
+            config.val_data,
+            image_root=config.image_root,
+            split=config.val_split,
+            image_column=config.image_column,
+            caption_column=config.caption_column,
+        )
+
+        def evaluate(io: ModelIO) -> dict[str, float]:
+            batches = (images for _, images in DataLoader(val.image_dataset(io.transform), batch_size=64))
+            return retrieval_recall(io.encode_images(batches), io.encode_texts(val.captions, 64), val.caption_to_image)
+
+        return evaluate
 
 
 def _average_gradients(params: list[nn.Parameter], world: int) -> None:
@@ -217,15 +329,14 @@ def finetune(
     progress: Callable[[dict], None] | None = None,
     evaluate: Callable[[ModelIO], dict[str, float]] | None = None,
 ) -> FinetuneResult:
-    """Train ``io.model`` (already patched) in place on ``config.data``.
+    """Train ``io.model`` (already patched) in place on ``config.data`` with ``config.objective``.
 
     ``progress`` receives each logged record; ``evaluate`` (given when there is
     validation data) scores the model after each epoch, and the weights of the best
-    epoch (by ``r_mean``) are restored at the end.
+    epoch (by the objective's ``metric``) are restored at the end.
     """
-    from . import data as data_module
-
     model = io.model
+    objective = get_objective(config.objective)
     rank, world = world_info()
     if config.batch_size % (world * config.grad_accum):
         raise CrossGetError(
@@ -234,18 +345,10 @@ def finetune(
         )
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    train = data_module.load_retrieval(
-        config.data,
-        image_root=config.image_root,
-        split=config.split,
-        image_column=config.image_column,
-        caption_column=config.caption_column,
-        limit=config.limit,
-    )
-    pairs = _Pairs(train, io.transform)
-    steps_per_epoch = len(pairs) // config.batch_size
+    items = objective.dataset(io, config)
+    steps_per_epoch = len(items) // config.batch_size
     if steps_per_epoch == 0:
-        raise CrossGetError(f"{len(pairs)} training pairs are fewer than one batch of {config.batch_size}", "lower --batch-size")
+        raise CrossGetError(f"{len(items)} training items are fewer than one batch of {config.batch_size}", "lower --batch-size")
     total_steps = min(config.max_steps or 10**12, steps_per_epoch * config.epochs)
 
     select_trainable(model, config.trainable)
@@ -297,20 +400,17 @@ def finetune(
     micro = local // config.grad_accum
     last_loss = None
     while step < total_steps and epoch < config.epochs:
-        order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
         while position < steps_per_epoch and step < total_steps:
             started = time.perf_counter()
             batch = order[position * config.batch_size : (position + 1) * config.batch_size]
             mine = batch[rank * local : (rank + 1) * local]
             optimizer.zero_grad(set_to_none=True)
-            parts = {"itc": 0.0, "js": 0.0, "total": 0.0}
+            parts = dict.fromkeys(("total", *objective.parts), 0.0)
             for start in range(0, local, micro):
-                items = [pairs[int(i)] for i in mine[start : start + micro]]
-                images = torch.stack([it[0] for it in items]).to(io.device)
-                texts = io.tokenize([it[1] for it in items]).to(io.device)
-                ids = torch.tensor([it[2] for it in items], device=io.device)
+                chunk = [items[int(i)] for i in mine[start : start + micro]]
                 with torch.autocast(io.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    losses = _batch_losses(model, images, texts, ids, config)
+                    losses = objective.losses(model, io, chunk, config)
                 scaler.scale(losses["total"] / config.grad_accum).backward()
                 for key in parts:
                     parts[key] += losses[key].item() / config.grad_accum
@@ -328,8 +428,7 @@ def finetune(
                 "step": step,
                 "epoch": epoch,
                 "loss": parts["total"],
-                "itc": parts["itc"],
-                "js": parts["js"],
+                **{name: parts[name] for name in objective.parts},
                 "lr": scheduler.get_last_lr()[0],
                 "items_per_s": config.batch_size / (time.perf_counter() - started),
             }
@@ -347,8 +446,9 @@ def finetune(
                 model.eval()
                 scores = evaluate(io)
                 model.train()
-                if best is None or scores["r_mean"] > best["value"]:
-                    best = {"epoch": epoch, "metric": "r_mean", "value": scores["r_mean"], "scores": scores}
+                metric = objective.metric
+                if best is None or scores[metric] > best["value"]:
+                    best = {"epoch": epoch, "metric": metric, "value": scores[metric], "scores": scores}
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             epoch, position = epoch + 1, 0
             save_checkpoint()

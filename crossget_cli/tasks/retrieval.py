@@ -59,3 +59,34 @@ def retrieval_recall(
         scores[f"img_r{k}"] = 100.0 * text_correct[:, :k].any(dim=1).float().mean().item()
     scores["r_mean"] = sum(scores.values()) / len(scores)
     return scores
+
+
+def hard_negative_accuracy(
+    image_features: torch.Tensor,
+    caption_features: torch.Tensor,
+    negative_features: torch.Tensor,
+    negative_owner: Sequence[int],
+) -> float:
+    """Percent of images whose true caption scores strictly higher than every one of
+    its hard negatives (images without negatives are not counted).
+
+    Args:
+        image_features: ``[N, E]``; caption_features: ``[N, E]``, each image's true caption.
+        negative_features: ``[M, E]``, all hard negatives, flat.
+        negative_owner: ``M`` image indices, the image each negative belongs to.
+
+    Features are L2-normalised here; scores are cosine similarities in float64.
+    """
+    img = torch.nn.functional.normalize(torch.as_tensor(image_features).double(), dim=-1)
+    pos = torch.nn.functional.normalize(torch.as_tensor(caption_features).double(), dim=-1)
+    neg = torch.nn.functional.normalize(torch.as_tensor(negative_features).double(), dim=-1)
+    owner = torch.as_tensor(list(negative_owner), dtype=torch.long)
+    if img.ndim != 2 or pos.shape != img.shape or neg.ndim != 2 or owner.shape != (neg.shape[0],):
+        raise ValueError(f"feature shapes {tuple(img.shape)}, {tuple(pos.shape)}, {tuple(neg.shape)} do not fit")
+    best = torch.full((img.shape[0],), -torch.inf, dtype=torch.float64)
+    best = best.scatter_reduce(0, owner, (neg * img[owner]).sum(-1), reduce="amax")
+    has_negatives = torch.isfinite(best)
+    if not has_negatives.any():
+        return float("nan")
+    wins = (img * pos).sum(-1) > best
+    return 100.0 * wins[has_negatives].double().mean().item()

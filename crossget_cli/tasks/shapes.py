@@ -60,7 +60,7 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -600,14 +600,17 @@ def hard_negative_accuracy(image_features: Any, caption_features: Any, negative_
         caption_features: ``[N, D]``, the true caption of each image.
         negative_features: ``[N, K, D]``, its ``K`` hard-negative captions.
 
-    Features are L2-normalised here (already normalised ones are unchanged); scores
-    are cosine similarities. Torch tensors or numpy arrays.
+    Features are L2-normalised (already normalised ones are unchanged); scores are
+    cosine similarities. Torch tensors or numpy arrays. ``crossget eval`` computes the
+    same from the data's ``hard_negatives`` (:func:`crossget_cli.tasks.retrieval.hard_negative_accuracy`).
     """
     import torch
 
-    img = torch.as_tensor(image_features).double()
-    pos = torch.as_tensor(caption_features).double()
-    neg = torch.as_tensor(negative_features).double()
+    from .retrieval import hard_negative_accuracy as flat_accuracy
+
+    img = torch.as_tensor(image_features)
+    pos = torch.as_tensor(caption_features)
+    neg = torch.as_tensor(negative_features)
     if img.ndim != 2 or pos.shape != img.shape or neg.ndim != 3 or neg.shape[0] != img.shape[0] or neg.shape[2] != img.shape[1]:
         raise CrossGetError(
             f"feature shapes {tuple(img.shape)}, {tuple(pos.shape)}, {tuple(neg.shape)} do not fit",
@@ -615,31 +618,33 @@ def hard_negative_accuracy(image_features: Any, caption_features: Any, negative_
         )
     if img.shape[0] == 0:
         raise CrossGetError("no images to score", "pass at least one image")
-    img = torch.nn.functional.normalize(img, dim=-1)
-    pos = torch.nn.functional.normalize(pos, dim=-1)
-    neg = torch.nn.functional.normalize(neg, dim=-1)
-    true_score = (img * pos).sum(-1)  # [N]
     if neg.shape[1] == 0:
         return 100.0
-    best_negative = torch.einsum("nd,nkd->nk", img, neg).max(dim=1).values
-    return 100.0 * (true_score > best_negative).double().mean().item()
+    owner = torch.arange(neg.shape[0]).repeat_interleave(neg.shape[1])
+    return flat_accuracy(img, pos, neg.reshape(-1, neg.shape[2]), owner)
 
 
 # --------------------------------------------------------------------------- built-in data strings
 
 
 def available_builtins() -> list[str]:
-    """Every name :func:`resolve_builtin` accepts (without the ``builtin:`` prefix)."""
+    """Every name :func:`resolve_builtin` accepts (without the ``builtin:`` prefix and ``@seed``)."""
     return [n for p in PRESETS for n in (p, *(f"{p}-{s}" for s in SPLITS))]
 
 
-def _parse_builtin(name: str) -> tuple[str, str | None]:
-    text = name.removeprefix("builtin:")
+def _parse_builtin(name: str) -> tuple[str, str | None, int | None]:
+    """``shapes-test@3`` -> ``("shapes", "test", 3)``."""
+    text, _, seed_text = name.removeprefix("builtin:").partition("@")
+    seed = None
+    if seed_text:
+        if not seed_text.isdigit():
+            raise CrossGetError(f"built-in dataset {name!r}: the seed after '@' must be an integer", "e.g. builtin:shapes-test@1")
+        seed = int(seed_text)
     if text in PRESETS:
-        return text, None
+        return text, None, seed
     preset, _, split = text.rpartition("-")
     if preset in PRESETS and split in SPLITS:
-        return preset, split
+        return preset, split, seed
     raise CrossGetError(
         f"unknown built-in dataset {name!r}", f"choose one of: {', '.join('builtin:' + n for n in available_builtins())}"
     )
@@ -663,15 +668,19 @@ def resolve_builtin(name: str, cache_dir: str | os.PathLike | None = None, confi
     """The JSON file behind a built-in data string, generated on first use.
 
     ``name``: ``builtin:shapes`` (every split), ``builtin:shapes-train`` / ``-val`` / ``-test``
-    (that split only), likewise ``shapes2x2`` (the ``builtin:`` prefix is optional).
+    (that split only), likewise ``shapes2x2`` (the ``builtin:`` prefix is optional); a
+    ``@seed`` suffix (``builtin:shapes-test@1``) draws the preset with another seed
+    (fresh composites from the same source images: a second test set).
     The preset (or ``config``, which replaces it) is written once, all its splits,
     to ``<cache>/<preset>-<config hash>/`` (see :func:`cache_root`); later calls
     re-use it after checking the stored hash, and regenerate a folder whose stored
     config does not match. Returns ``dataset_shapes.json`` or ``dataset_shapes_<split>.json``
     (which holds only that split: read it with ``split=None`` or that split).
     """
-    preset, split = _parse_builtin(name)
+    preset, split, seed = _parse_builtin(name)
     config = PRESETS[preset] if config is None else config
+    if seed is not None:
+        config = replace(config, seed=seed)
     sizes = config.split_sizes()
     if split is not None and split not in sizes:
         raise CrossGetError(
