@@ -376,3 +376,103 @@ def test_generation_timing_formulas():
     assert result.decode_tokens_per_s == pytest.approx(4 / 0.005, rel=0.3)
     assert result.answers_per_s == pytest.approx(4 / 0.065, rel=0.3)
     assert result.prompt_tokens == 10 and result.batch == 4
+
+
+def test_llm_depth_rows_follow_the_reference_repetition():
+    from crossget_cli.tasks.llava_finetune import llm_depth_rows
+
+    # LLaVA-1.5-7B: 24 vision layers, 32 LLM layers; every third vision layer twice.
+    rows = llm_depth_rows(24, 32).tolist()
+    assert len(rows) == 32 and rows[:6] == [0, 1, 2, 2, 3, 4] and rows[-1] == 23
+    assert llm_depth_rows(3, 2).tolist() == [1, 2]  # repeats floor(2/3) - 0 = 0, floor(4/3) - 0 = 1, 2 - 1 = 1
+    assert llm_depth_rows(2, 4).tolist() == [0, 0, 1, 1]
+
+
+def _conversations(folder, n):
+    paths = _image_files(folder, n)
+    rows = [
+        {
+            "id": str(i),
+            "image": p.name,
+            "conversations": [
+                {"from": "human", "value": "<image>\nwhat color is the circle ?"},
+                {"from": "gpt", "value": "red" if i % 2 else "blue"},
+                {"from": "human", "value": "shape ?"},
+                {"from": "gpt", "value": "square"},
+            ],
+        }
+        for i, p in enumerate(paths)
+    ]
+    (folder / "train.json").write_text(json.dumps(rows))
+    return folder / "train.json"
+
+
+def test_conversation_labels_cover_the_answers_only():
+    from crossget_cli.tasks.llava_finetune import IGNORE, conversation_batch
+
+    model = crossget_cli.patch(tiny_llava(), vision_r=2)
+    tokenizer = tiny_tokenizer()
+    batch = conversation_batch(model, tokenizer, [[("<image>\nshape ?", "red circle")], [("what ?", "blue"), ("is ?", "no")]])
+    ids, labels = batch["input_ids"], batch["labels"]
+    assert (ids[0] == 3).sum() == (ids[1] == 3).sum() == num_image_tokens(model)  # placeholder added to the second
+    kept = [tokenizer.convert_ids_to_tokens(row[row != IGNORE].tolist()) for row in labels]
+    assert kept == [["red", "circle", "</s>"], ["blue", "</s>", "no", "</s>"]]
+    assert (labels[batch["attention_mask"] == 0] == IGNORE).all()
+
+
+def test_llava_loss_is_ce_plus_weighted_js(tmp_path):
+    from crossget_cli.core import collect_cross_tokens, js_loss
+    from crossget_cli.tasks.encoders import model_io
+    from crossget_cli.tasks.finetune import FinetuneConfig, get_objective
+    from crossget_cli.tasks.loading import load_model
+
+    save_tiny_llava(tmp_path / "m")
+    io = model_io(load_model(str(tmp_path / "m")))
+    crossget_cli.patch(io.model, vision_r=2)
+    with torch.no_grad():
+        io.model.model.vision_tower.encoder.cross_image.normal_(std=0.3)
+    config = FinetuneConfig(data=str(_conversations(tmp_path, 2)), objective="llava", trainable="cross")
+    assert config.js_weight == 0.001 and config.task_weight == 1.0
+    objective = get_objective("llava")
+    items = [objective.dataset(io, config)[i] for i in range(2)]
+    losses = objective.losses(io.model, io, items, config)
+    assert losses["total"].item() == pytest.approx((losses["ce"] + 0.001 * losses["js"]).item())
+    # L_JS by hand: projector applied to each vision layer's cross tokens; 3 vision layers, 2 LLM layers.
+    with collect_cross_tokens() as cross:
+        from crossget_cli.tasks.llava_finetune import conversation_batch
+
+        batch = conversation_batch(io.model, io.loaded.tokenizer, [turns for _, turns in items])
+        io.model(**batch, pixel_values=torch.stack([im for im, _ in items]))
+    vision = cross["vision"][0].view(3, 2, -1)
+    projected = io.model.model.multi_modal_projector(vision)
+    text = cross["text"][0].view(2, 2, -1)
+    expected = js_loss(torch.cat([projected[1], projected[2]]), text.reshape(4, -1))
+    assert losses["js"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_finetune_through_the_cli_moves_the_cross_tokens(tmp_path):
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from crossget_cli.cli.app import app
+
+    save_tiny_llava(tmp_path / "m")
+    data = _conversations(tmp_path, 4)
+    args = ["compress", "-m", str(tmp_path / "m"), "-o", str(tmp_path / "out"), "--vision-r", "2", "--no-speed"]
+    args += ["--finetune", "--objective", "llava", "--train-data", str(data), "--batch-size", "2", "--max-steps", "2"]
+    args += ["--lr", "1e-2", "--trainable", "cross,multi_modal_projector", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["recipe"]["finetune"]["objective"] == "llava" and out["report"]["finetune"]["steps"] == 2
+    weights = load_file(str(tmp_path / "out" / "model.safetensors"))
+    original = tiny_llava().state_dict()  # what save_tiny_llava saved
+    assert weights["model.vision_tower.encoder.cross_image"].abs().sum() > 0
+    assert weights["model.language_model.cross_text"].abs().sum() > 0
+    assert not torch.equal(
+        weights["model.multi_modal_projector.linear_1.weight"], original["model.multi_modal_projector.linear_1.weight"]
+    )
+    frozen = "model.language_model.layers.0.mlp.up_proj.weight"
+    assert torch.equal(weights[frozen], original[frozen])
+    reloaded = crossget_cli.load(str(tmp_path / "out"))
+    assert num_image_tokens(reloaded) == 13

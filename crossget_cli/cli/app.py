@@ -336,7 +336,7 @@ def _finetune_config(recipe, flags: dict):
             schedule=spec.schedule,
             js_weight=spec.js_weight,
         )
-        if spec.trainable in ("all", "cross"):
+        if spec.trainable in ("all", "cross", "cross+projector+llm"):
             from_recipe["trainable"] = spec.trainable
         if spec.amp in ("none", "fp16", "bf16") and flags["device"].startswith("cuda"):
             from_recipe["amp"] = spec.amp

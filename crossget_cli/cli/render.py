@@ -158,9 +158,11 @@ def training_progress(enabled: bool) -> Iterator[Callable[[dict], None] | None]:
     with console.status("fine-tuning") as status:
 
         def on_step(record: dict) -> None:
+            skip = ("step", "epoch", "loss", "lr", "items_per_s")
+            parts = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in skip)
             status.update(
-                f"fine-tuning: step {record['step']} epoch {record['epoch']} loss {record['loss']:.4f} "
-                f"(itc {record['itc']:.4f}, js {record['js']:.4f}) {record['items_per_s']:.1f} pairs/s"
+                f"fine-tuning: step {record['step']} epoch {record['epoch']} loss {record['loss']:.4f} ({parts}) "
+                f"{record['items_per_s']:.1f} items/s"
             )
 
         yield on_step

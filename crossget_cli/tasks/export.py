@@ -174,7 +174,7 @@ def _finetune_spec(recipe: Recipe, config: FinetuneConfig) -> FinetuneSpec:
         epochs=config.epochs,
         batch_size=config.batch_size,
         schedule=config.schedule,
-        trainable=config.trainable if config.trainable in ("all", "cross") else base.trainable,
+        trainable=config.trainable if config.trainable in ("all", "cross", "cross+projector+llm") else base.trainable,
         amp=config.amp,
         dataset=config.data,
     )
