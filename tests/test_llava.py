@@ -12,73 +12,9 @@ import crossget_cli
 from crossget_cli.adapters import find_adapter
 from crossget_cli.adapters.llava import num_image_tokens, prepare_inputs
 from crossget_cli.core import attention_importance, complete_graph_matching, protected_indices, trace_reduction
+from tiny_models import save_tiny_llava, tiny_llava, tiny_tokenizer
 
-WORDS = ["<pad>", "<s>", "</s>", "<image>", "<unk>", "USER", ":", "ASSISTANT", "?", ".", "A", "B", "C", "D", "\n"]
-WORDS += ["what", "color", "is", "the", "shape", "red", "blue", "green", "circle", "square", "yes", "no", "one", "two"]
-WORDS += [f"w{i}" for i in range(60)]
 PROMPT = "USER: <image>\n{question} ASSISTANT:"
-
-
-def tiny_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        additional_special_tokens=["<image>"],
-    )
-
-
-def tiny_llava(vision_layers=3, llm_layers=2, image=32, patch=8, strategy="default", layer=-2, seed=0):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
-
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=2,
-        image_size=image,
-        patch_size=patch,
-    )
-    text = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=llm_layers,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        vocab_size=len(WORDS),
-        max_position_embeddings=256,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=3,
-        vision_feature_layer=layer,
-        vision_feature_select_strategy=strategy,
-    )
-    torch.manual_seed(seed)
-    return LlavaForConditionalGeneration(config).eval()
-
-
-def save_tiny_llava(folder, **kwargs):
-    from transformers import CLIPImageProcessor
-
-    model = tiny_llava(**kwargs)
-    model.save_pretrained(str(folder))
-    tiny_tokenizer().save_pretrained(str(folder))
-    size = model.config.vision_config.image_size
-    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(str(folder))
-    return folder
 
 
 def images(n, size=32, seed=0):
@@ -476,3 +412,16 @@ def test_finetune_through_the_cli_moves_the_cross_tokens(tmp_path):
     assert torch.equal(weights[frozen], original[frozen])
     reloaded = crossget_cli.load(str(tmp_path / "out"))
     assert num_image_tokens(reloaded) == 13
+
+
+def test_the_llm_is_not_reduced(tmp_path):
+    from typer.testing import CliRunner
+
+    from crossget_cli.cli.app import app
+    from crossget_cli.errors import CrossGetError
+
+    with pytest.raises(CrossGetError, match="merge no text tokens"):
+        crossget_cli.patch(tiny_llava(), vision_r=2, text_r=1)
+    folder = save_tiny_llava(tmp_path / "m")
+    result = CliRunner().invoke(app, ["compress", "-m", str(folder), "-o", str(folder.parent / "o"), "--text-r", "2"])
+    assert result.exit_code == 2 and "merge no text tokens" in result.output

@@ -199,6 +199,8 @@ class Adapter:
     #: Adapters are asked in descending priority: a family that contains
     #: another's towers (LLaVA holds a CLIP vision tower) must be asked first.
     priority: ClassVar[int] = 0
+    #: The modalities whose tokens this family merges (LLaVA: the vision tower only).
+    reduces: ClassVar[tuple[str, ...]] = ("vision", "text")
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -251,6 +253,12 @@ class Adapter:
         swapped once and trained cross tokens of the right shape are kept."""
         towers = self.towers(model)
         schedules = [config.schedule(t.modality, t.num_layers) for t in towers]
+        for tower, schedule in zip(towers, schedules):
+            if tower.modality not in self.reduces and any(schedule):
+                raise CrossGetError(
+                    f"{self.name} models merge no {tower.modality} tokens, got {tower.modality}_r={config.r_for(tower.modality)}",
+                    f"reduce the {' and '.join(self.reduces)} tower only",
+                )
         kept = {id(t.holder): getattr(t.holder, t.cross_name, None) for t in towers}
         self.remove(model)
         for tower, schedule in zip(towers, schedules):

@@ -76,13 +76,39 @@ def _output(last_hidden_state: torch.Tensor, pooled: torch.Tensor):
     return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=pooled)
 
 
+def _wanted_hidden(output_hidden_states, depth: int) -> set[int]:
+    """Indices (0 = the first block's input) of the hidden states asked for:
+    ``True`` for all, or an index or list of indices (negative from the end)."""
+    if output_hidden_states is True:
+        return set(range(depth + 1))
+    if output_hidden_states is None or output_hidden_states is False:
+        return set()
+    layers = [output_hidden_states] if isinstance(output_hidden_states, int) else list(output_hidden_states)
+    return {i if i >= 0 else depth + 1 + i for i in layers}
+
+
 class _ReducingVisionTower:
-    def forward(self, pixel_values=None, interpolate_pos_encoding=False, **kwargs):
+    #: the encoder-layer forward with reduction (LLaVA swaps in its reducer)
+    crossget_block = staticmethod(_block_forward)
+
+    def forward(self, pixel_values=None, output_hidden_states=None, interpolate_pos_encoding=False, **kwargs):
+        """``hidden_states`` (when asked for) hold the cross slot and as many
+        tokens as each block left; unrequested entries are ``None``."""
         x = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         x = self.pre_layrnorm(x)
         encoder = self.encoder
-        x = run_tower(x, encoder, "cross_image", encoder.layers, _block_forward, tower_state(encoder))
-        return _output(x, self.post_layernorm(x[:, 0]))
+        depth = len(encoder.layers)
+        wanted = _wanted_hidden(output_hidden_states, depth)
+        hidden: list[torch.Tensor | None] = [None] * (depth + 1)
+
+        def keep(index: int, h: torch.Tensor) -> None:
+            if index in wanted:
+                hidden[index] = h
+
+        x = run_tower(x, encoder, "cross_image", encoder.layers, self.crossget_block, tower_state(encoder), keep)
+        out = _output(x, self.post_layernorm(x[:, 0]))
+        out.hidden_states = tuple(hidden) if wanted else None
+        return out
 
 
 class _ReducingTextTower:

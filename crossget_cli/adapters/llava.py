@@ -31,8 +31,8 @@ from torch import nn
 from ..core import TokenState, attention_importance, publish_cross_tokens, token_schedule
 from ..core.state import _Slot
 from ..errors import CrossGetError
-from .base import SCHEDULE_ATTR, Adapter, ModelInputs, Tower, register_adapter, run_tower, split_heads, tower_state
-from .hf_clip import _attention_function, _output, _tower_modality, attention_residual
+from .base import SCHEDULE_ATTR, Adapter, ModelInputs, Tower, register_adapter, split_heads
+from .hf_clip import _attention_function, _ReducingVisionTower, _tower_modality, attention_residual
 
 #: LLaVA-1.5's short-answer VQA prompt (its VQAv2/GQA evaluation template).
 VQA_TEMPLATE = "USER: <image>\n{question}\nAnswer the question using a single word or phrase. ASSISTANT:"
@@ -121,32 +121,8 @@ def _block_forward(layer: nn.Module, x: torch.Tensor, state: TokenState, r: int)
     return x + layer.mlp(layer.layer_norm2(x))
 
 
-def _wanted_hidden(output_hidden_states, depth: int) -> set[int]:
-    if output_hidden_states is True:
-        return set(range(depth + 1))
-    if output_hidden_states is None or output_hidden_states is False:
-        return set()
-    layers = [output_hidden_states] if isinstance(output_hidden_states, int) else list(output_hidden_states)
-    return {i if i >= 0 else depth + 1 + i for i in layers}
-
-
-class _ReducingVisionTower:
-    def forward(self, pixel_values=None, output_hidden_states=None, interpolate_pos_encoding=False, **kwargs):
-        x = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
-        x = self.pre_layrnorm(x)
-        encoder = self.encoder
-        depth = len(encoder.layers)
-        wanted = _wanted_hidden(output_hidden_states, depth)
-        hidden: list[torch.Tensor | None] = [None] * (depth + 1)
-
-        def keep(index: int, h: torch.Tensor) -> None:
-            if index in wanted:
-                hidden[index] = h
-
-        x = run_tower(x, encoder, "cross_image", encoder.layers, _block_forward, tower_state(encoder), keep)
-        out = _output(x, self.post_layernorm(x[:, 0]))
-        out.hidden_states = tuple(hidden) if wanted else None
-        return out
+class _LlavaVisionTower(_ReducingVisionTower):
+    crossget_block = staticmethod(_block_forward)
 
 
 # --------------------------------------------------------------------------- LLM cross token
@@ -251,6 +227,7 @@ def prepare_inputs(model: nn.Module, tokenizer, prompts: Sequence[str], pixel_va
 class LlavaAdapter(Adapter):
     description = "transformers LlavaForConditionalGeneration / LlavaModel with a CLIP vision tower"
     priority = 1
+    reduces = ("vision",)
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -294,7 +271,7 @@ class LlavaAdapter(Adapter):
 
     def class_swaps(self, model: nn.Module) -> list[tuple[nn.Module, type]]:
         core = _llava_core(model)
-        swaps = [(core.vision_tower, _ReducingVisionTower), (core.language_model, _CrossTokenLLM)]
+        swaps = [(core.vision_tower, _LlavaVisionTower), (core.language_model, _CrossTokenLLM)]
         return swaps + [(layer, _CrossTokenLayer) for layer in core.language_model.layers]
 
     def inputs(self, model: nn.Module) -> ModelInputs:

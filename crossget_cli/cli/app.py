@@ -416,12 +416,16 @@ def profile(
     vision_sweep, text_sweep = parse_sweep("--vision-r", vision_r), parse_sweep("--text-r", text_r)
     accuracy_data = _read_json(accuracy, "--accuracy") if accuracy else None
     loaded = load_model(model, pretrained)
+    from ..adapters import find_adapter
+
+    adapter = find_adapter(loaded.model)
+    reduces_text = "text" in adapter.reduces
     current = reduction_config(loaded.model)
     if vision_sweep is None and text_sweep is None and current is not None:
         vision_sweep, text_sweep = [current.vision_r], [current.text_r]
     config = ProfileConfig(
         vision_r=vision_sweep if vision_sweep is not None else [16] if text_sweep is None else [0],
-        text_r=text_sweep if text_sweep is not None else [6] if vision_sweep is None else [0],
+        text_r=text_sweep if text_sweep is not None else [6] if vision_sweep is None and reduces_text else [0],
         batch_sizes=parse_ints("--batch-sizes", batch_sizes),
         device=device,
         dtype=dtype,
@@ -432,9 +436,7 @@ def profile(
         towers=towers,
         method=method,
     )
-    from ..adapters import find_adapter
-
-    if hasattr(find_adapter(loaded.model), "generation_inputs"):
+    if hasattr(adapter, "generation_inputs"):
         from ..tasks.generation import profile_generative
         from .render import generation_table
 
