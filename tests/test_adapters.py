@@ -23,7 +23,7 @@ def test_every_adapter_has_tiny_models():
     assert set(list_adapters()) <= set(TINY_MODELS)
 
 
-def _patch(model, vision_r, text_r):
+def _patch(model, vision_r, text_r=0):
     """Patch with the given r for the towers the model's family reduces (LLaVA: vision only)."""
     reduces = find_adapter(model).reduces
     return crossget_cli.patch(model, vision_r=vision_r if "vision" in reduces else 0, text_r=text_r if "text" in reduces else 0)
@@ -224,7 +224,7 @@ def test_unsupported_model_names_what_is_supported():
 def test_bad_r_is_rejected(bad):
     model = TINY_MODELS["openclip"]["openclip-CLIP"]()
     with pytest.raises(CrossGetError):
-        _patch(model, vision_r=bad)
+        crossget_cli.patch(model, vision_r=bad)
 
 
 @pytest.mark.parametrize("adapter_name", list_adapters())
