@@ -60,16 +60,17 @@ class FinetuneSpec:
 
 @dataclass(frozen=True)
 class EvalSpec:
-    task: str = "retrieval"  # retrieval / zeroshot / captioning / vqa
+    task: str = "retrieval"  # retrieval / zeroshot / captioning / vqa / multiple-choice
     dataset: str | None = None
     split: str | None = None
     reference: dict[str, float] = field(default_factory=dict)  # the paper's numbers, for comparison
-    # generation and re-ranking settings, defaults of `crossget eval --recipe` (flags override)
+    # generation and re-ranking settings: defaults of `crossget eval --recipe`, and of evaluating
+    # an exported model whose crossget.yaml holds them (flags override both)
     itm_k: int | None = None  # retrieval: ITM re-ranking of the ITC top k (BLIP)
     max_new_tokens: int | None = None
     min_new_tokens: int | None = None
     num_beams: int | None = None
-    prompt: str | None = None
+    prompt: str | None = None  # captioning: text prefix; vqa/multiple-choice: template with {question}
 
 
 @dataclass(frozen=True)

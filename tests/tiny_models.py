@@ -180,6 +180,7 @@ TINY_MODELS = {
         "Blip2ForConditionalGeneration": lambda: tiny_blip.blip2("generation", vision=_FOUR),
         "Blip2ForImageTextRetrieval": lambda: tiny_blip.blip2("retrieval", vision=_FOUR),
     },
+    "llava": {"LlavaForConditionalGeneration": lambda: tiny_llava(vision_layers=4)},
 }
 
 
@@ -270,3 +271,72 @@ RGB = {
     "white": (250, 250, 250),
     "black": (5, 5, 5),
 }
+
+
+# --------------------------------------------------------------------------- LLaVA
+
+WORDS = ["<pad>", "<s>", "</s>", "<image>", "<unk>", "USER", ":", "ASSISTANT", "?", ".", "A", "B", "C", "D", "\n"]
+WORDS += ["what", "color", "is", "the", "shape", "red", "blue", "green", "circle", "square", "yes", "no", "one", "two"]
+WORDS += [f"w{i}" for i in range(60)]
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=["<image>"],
+    )
+
+
+def tiny_llava(vision_layers=3, llm_layers=2, image=32, patch=8, strategy="default", layer=-2, seed=0):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=2,
+        image_size=image,
+        patch_size=patch,
+    )
+    text = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=llm_layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=len(WORDS),
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=3,
+        vision_feature_layer=layer,
+        vision_feature_select_strategy=strategy,
+    )
+    torch.manual_seed(seed)
+    return LlavaForConditionalGeneration(config).eval()
+
+
+def save_tiny_llava(folder, **kwargs):
+    from transformers import CLIPImageProcessor
+
+    model = tiny_llava(**kwargs)
+    model.save_pretrained(str(folder))
+    tiny_tokenizer().save_pretrained(str(folder))
+    size = model.config.vision_config.image_size
+    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(str(folder))
+    return folder

@@ -128,19 +128,28 @@ def run_tower(
     blocks: Sequence[nn.Module],
     block_forward: Callable[[nn.Module, torch.Tensor, TokenState, int], torch.Tensor],
     state: TokenState,
+    on_hidden: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Run a patched tower's blocks on ``x`` (``[N, T, D]``, after the
     embeddings). With CrossGET a cross slot is appended (a copy of CLS, or of EOT
     for text) and overwritten with the layer's cross token before each block
-    (SPEC §3), then dropped from the output; ToMe runs the blocks as they are."""
+    (SPEC §3), then dropped from the output; ToMe runs the blocks as they are.
+
+    ``on_hidden(i, h)`` receives the hidden states as transformers numbers them:
+    ``i = 0`` the input of the first block, ``i = l + 1`` the output of block
+    ``l``, cross slot included (recorded before the next injection)."""
     cross = getattr(holder, cross_name, None) if state.method == "crossget" else None
     if cross is not None:
         x = append_cross_slot(x, state.pooled_idx)
+    if on_hidden is not None:
+        on_hidden(0, x)
     for layer, (block, r) in enumerate(zip(blocks, getattr(holder, SCHEDULE_ATTR))):
         if cross is not None:
             x = state.inject_cross(x, cross[0, layer])
         x = block_forward(block, x, state, r)
         state.record(layer, x)
+        if on_hidden is not None:
+            on_hidden(layer + 1, x)
     state.publish_cross()
     return x if cross is None else x[:, :-1]
 
@@ -174,6 +183,23 @@ def merge_heads(z: torch.Tensor) -> torch.Tensor:
     return z.transpose(1, 2).reshape(n, t, h * d)
 
 
+# --------------------------------------------------------------------------- generating models
+
+
+def decode(tokenizer, ids: torch.Tensor) -> list[str]:
+    """Generated token ids to stripped text."""
+    if tokenizer is None:
+        raise CrossGetError("no tokenizer was saved with the model", "save the processor next to the model (save_pretrained)")
+    return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+def generation_kwargs(generation: dict) -> dict:
+    """``max_new_tokens``, ``num_beams``, ``min_new_tokens``... as ``generate`` takes them;
+    ``None`` values are left to the model's defaults."""
+    allowed = ("max_new_tokens", "min_new_tokens", "num_beams", "repetition_penalty", "length_penalty", "do_sample")
+    return {k: v for k, v in generation.items() if k in allowed and v is not None}
+
+
 def uses_reduced_path(module: nn.Module, schedule: Sequence[int]) -> bool:
     """Whether a tower must run the CrossGET path. A text tower with r = 0
     everywhere is bit-identical to the original at inference (nothing attends
@@ -187,6 +213,15 @@ class Adapter:
 
     name: ClassVar[str]
     description: ClassVar[str]
+    #: Adapters are asked in descending priority: a family that contains
+    #: another's towers (LLaVA holds a CLIP vision tower) must be asked first.
+    priority: ClassVar[int] = 0
+    #: The modalities whose tokens this family merges (LLaVA: the vision tower only).
+    reduces: ClassVar[tuple[str, ...]] = ("vision", "text")
+    #: Generating families: default prompt template per ``crossget eval`` task,
+    #: and ``generate`` settings that the eval flags leave unset.
+    prompt_templates: ClassVar[dict[str, str]] = {}
+    generation_defaults: ClassVar[dict[str, object]] = {}
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -239,6 +274,12 @@ class Adapter:
         swapped once and trained cross tokens of the right shape are kept."""
         towers = self.towers(model)
         schedules = [config.schedule(t.modality, t.num_layers) for t in towers]
+        for tower, schedule in zip(towers, schedules):
+            if tower.modality not in self.reduces and any(schedule):
+                raise CrossGetError(
+                    f"{self.name} models merge no {tower.modality} tokens, got {tower.modality}_r={config.r_for(tower.modality)}",
+                    f"reduce the {' and '.join(self.reduces)} tower only",
+                )
         kept = {id(t.holder): getattr(t.holder, t.cross_name, None) for t in towers}
         self.remove(model)
         for tower, schedule in zip(towers, schedules):
@@ -299,7 +340,7 @@ def get_adapter(name: str) -> Adapter:
 
 def find_adapter(model: nn.Module) -> Adapter:
     """The adapter whose family ``model`` belongs to."""
-    for name in list_adapters():
+    for name in sorted(_ADAPTERS, key=lambda n: -_ADAPTERS[n].priority):
         if _ADAPTERS[name].matches(model):
             return _ADAPTERS[name]()
     supported = "; ".join(f"{n}: {_ADAPTERS[n].description}" for n in list_adapters())

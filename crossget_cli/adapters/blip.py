@@ -39,6 +39,8 @@ from .base import (
     Adapter,
     ModelInputs,
     Tower,
+    decode,
+    generation_kwargs,
     merge_heads,
     register_adapter,
     run_tower,
@@ -355,22 +357,10 @@ def special_id(config, *names: str, default: int | None = None) -> int | None:
     return default
 
 
-def decode(tokenizer, ids: torch.Tensor) -> list[str]:
-    if tokenizer is None:
-        raise CrossGetError("no tokenizer was saved with the model", "save the processor next to the model (save_pretrained)")
-    return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
-
-
-def generation_kwargs(generation: dict) -> dict:
-    """``max_new_tokens``, ``num_beams``, ``min_new_tokens``... as ``generate`` takes them;
-    ``None`` values are left to the model's defaults."""
-    allowed = ("max_new_tokens", "min_new_tokens", "num_beams", "repetition_penalty", "length_penalty", "do_sample")
-    return {k: v for k, v in generation.items() if k in allowed and v is not None}
-
-
 @register_adapter("blip")
 class BlipAdapter(Adapter):
     description = "transformers BlipForImageTextRetrieval, BlipForConditionalGeneration, BlipForQuestionAnswering"
+    generation_defaults = {"num_beams": 3}  # beam search, as BLIP evaluates
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

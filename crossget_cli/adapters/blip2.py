@@ -14,13 +14,11 @@ import torch
 from torch import nn
 
 from ..errors import CrossGetError
-from .base import Adapter, ModelInputs, Tower, register_adapter
+from .base import Adapter, ModelInputs, Tower, decode, generation_kwargs, register_adapter
 from .blip import (
     _ImageConsumer,
     _ImageSizesScope,
     _ReducingVisionTower,
-    decode,
-    generation_kwargs,
     image_attention_bias,
     is_blip_vision_tower,
     special_id,
@@ -52,6 +50,7 @@ def _require_generation(model: nn.Module, task: str) -> None:
 @register_adapter("blip2")
 class Blip2Adapter(Adapter):
     description = "transformers Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval"
+    generation_defaults = {"num_beams": 3}  # beam search, as BLIP evaluates
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

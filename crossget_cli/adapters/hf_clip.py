@@ -38,13 +38,18 @@ def _attention_function(attn: nn.Module):
     return ALL_ATTENTION_FUNCTIONS[impl]
 
 
-def _block_forward(layer: nn.Module, x: torch.Tensor, state: TokenState, r: int) -> torch.Tensor:
+def attention_residual(layer: nn.Module, x: torch.Tensor, state: TokenState, need_weights: bool = False):
+    """``x + attention(layer_norm1(x))`` of a CLIP encoder layer with the state's
+    size bias, and the full-width ``q``, ``k`` (``[N, T, D]``). With
+    ``need_weights`` attention runs eagerly and its post-softmax weights
+    ``[N, heads, T, T]`` are returned too (else ``None``)."""
     attn = layer.self_attn
     h = layer.layer_norm1(x)
     q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
     heads = attn.num_heads
     mask = state.attention_mask(x, explicit_causal=True)
-    out, _ = _attention_function(attn)(
+    function = sys.modules[type(attn).__module__].eager_attention_forward if need_weights else _attention_function(attn)
+    out, weights = function(
         attn,
         split_heads(q, heads),
         split_heads(k, heads),
@@ -55,8 +60,13 @@ def _block_forward(layer: nn.Module, x: torch.Tensor, state: TokenState, r: int)
         is_causal=False,
     )
     x = x + attn.out_proj(out.reshape(x.shape[0], x.shape[1], -1))
+    return x, q, k, weights if need_weights else None
+
+
+def _block_forward(layer: nn.Module, x: torch.Tensor, state: TokenState, r: int) -> torch.Tensor:
+    x, q, k, _ = attention_residual(layer, x, state)
     if r > 0:
-        x = state.reduce(x, k, q, r, heads)
+        x = state.reduce(x, k, q, r, layer.self_attn.num_heads)
     return x + layer.mlp(layer.layer_norm2(x))
 
 
@@ -66,13 +76,39 @@ def _output(last_hidden_state: torch.Tensor, pooled: torch.Tensor):
     return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=pooled)
 
 
+def _wanted_hidden(output_hidden_states, depth: int) -> set[int]:
+    """Indices (0 = the first block's input) of the hidden states asked for:
+    ``True`` for all, or an index or list of indices (negative from the end)."""
+    if output_hidden_states is True:
+        return set(range(depth + 1))
+    if output_hidden_states is None or output_hidden_states is False:
+        return set()
+    layers = [output_hidden_states] if isinstance(output_hidden_states, int) else list(output_hidden_states)
+    return {i if i >= 0 else depth + 1 + i for i in layers}
+
+
 class _ReducingVisionTower:
-    def forward(self, pixel_values=None, interpolate_pos_encoding=False, **kwargs):
+    #: the encoder-layer forward with reduction (LLaVA swaps in its reducer)
+    crossget_block = staticmethod(_block_forward)
+
+    def forward(self, pixel_values=None, output_hidden_states=None, interpolate_pos_encoding=False, **kwargs):
+        """``hidden_states`` (when asked for) hold the cross slot and as many
+        tokens as each block left; unrequested entries are ``None``."""
         x = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         x = self.pre_layrnorm(x)
         encoder = self.encoder
-        x = run_tower(x, encoder, "cross_image", encoder.layers, _block_forward, tower_state(encoder))
-        return _output(x, self.post_layernorm(x[:, 0]))
+        depth = len(encoder.layers)
+        wanted = _wanted_hidden(output_hidden_states, depth)
+        hidden: list[torch.Tensor | None] = [None] * (depth + 1)
+
+        def keep(index: int, h: torch.Tensor) -> None:
+            if index in wanted:
+                hidden[index] = h
+
+        x = run_tower(x, encoder, "cross_image", encoder.layers, self.crossget_block, tower_state(encoder), keep)
+        out = _output(x, self.post_layernorm(x[:, 0]))
+        out.hidden_states = tuple(hidden) if wanted else None
+        return out
 
 
 class _ReducingTextTower:

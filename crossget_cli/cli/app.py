@@ -413,7 +413,7 @@ def _finetune_config(recipe, flags: dict):
             schedule=spec.schedule,
             js_weight=spec.js_weight,
         )
-        if spec.trainable in ("all", "cross"):
+        if spec.trainable in ("all", "cross", "cross+projector+llm"):
             from_recipe["trainable"] = spec.trainable
         if spec.amp in ("none", "fp16", "bf16") and flags["device"].startswith("cuda"):
             from_recipe["amp"] = spec.amp
@@ -475,7 +475,7 @@ def profile(
         Optional[bool],
         typer.Option(
             "--generation/--no-generation",
-            help="Generative models (BLIP captioning/VQA, BLIP-2): also time prefill, decode and end-to-end generation "
+            help="Generative models (BLIP captioning/VQA, BLIP-2, LLaVA): also time prefill, decode and end-to-end generation "
             "(default: on for them).",
         ),
     ] = None,
@@ -488,7 +488,8 @@ def profile(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ):
-    """FLOPs, throughput, latency, memory and matching time: original vs CrossGET, over a sweep of r."""
+    """FLOPs, throughput, latency, memory and matching time: original vs CrossGET, over a sweep of r.
+    Generative models (BLIP captioning/VQA, BLIP-2, LLaVA): also prefill latency, decode tokens/s, items/s, memory."""
     from ..api import reduction_config
     from ..tasks.loading import load_model
     from ..tasks.files import write_atomic
@@ -498,12 +499,16 @@ def profile(
     vision_sweep, text_sweep = parse_sweep("--vision-r", vision_r), parse_sweep("--text-r", text_r)
     accuracy_data = _read_json(accuracy, "--accuracy") if accuracy else None
     loaded = load_model(model, pretrained)
+    from ..adapters import find_adapter
+
+    adapter = find_adapter(loaded.model)
+    reduces_text = "text" in adapter.reduces
     current = reduction_config(loaded.model)
     if vision_sweep is None and text_sweep is None and current is not None:
         vision_sweep, text_sweep = [current.vision_r], [current.text_r]
     config = ProfileConfig(
         vision_r=vision_sweep if vision_sweep is not None else [16] if text_sweep is None else [0],
-        text_r=text_sweep if text_sweep is not None else [6] if vision_sweep is None else [0],
+        text_r=text_sweep if text_sweep is not None else [6] if vision_sweep is None and reduces_text else [0],
         batch_sizes=parse_ints("--batch-sizes", batch_sizes),
         device=device,
         dtype=dtype,
@@ -517,10 +522,8 @@ def profile(
     with progress_bar("profiling") as advance:
         report = profile_model(loaded.model, config, progress=advance, model_name=loaded.source)
     data = report.to_dict()
-    from ..adapters import find_adapter
-
     if generation is None:
-        generation = hasattr(find_adapter(loaded.model), "generation_calls") and _generates(loaded.model)
+        generation = hasattr(adapter, "generation_calls") and _generates(loaded.model)
     if generation:
         from ..tasks.generation import profile_generation
 
@@ -573,7 +576,9 @@ def eval_command(
         Optional[list[str]],
         typer.Option("--model", "-m", help="Model to evaluate; repeat to compare (the first is the reference for deltas)."),
     ] = None,
-    task: Annotated[str, typer.Option("--task", "-t", help="retrieval, zeroshot, captioning or vqa.")] = "retrieval",
+    task: Annotated[
+        str, typer.Option("--task", "-t", help="retrieval, zeroshot, captioning, vqa or multiple-choice.")
+    ] = "retrieval",
     data: Annotated[
         Optional[str],
         typer.Option(
@@ -615,17 +620,22 @@ def eval_command(
         ),
     ] = None,
     max_new_tokens: Annotated[
-        Optional[int], typer.Option("--max-new-tokens", help="Captioning/VQA: longest generated text (default 20).")
+        Optional[int], typer.Option("--max-new-tokens", help="Generative tasks: longest generated text (default 20).")
     ] = None,
     min_new_tokens: Annotated[
-        Optional[int], typer.Option("--min-new-tokens", help="Captioning/VQA: shortest generated text.")
+        Optional[int], typer.Option("--min-new-tokens", help="Generative tasks: shortest generated text.")
     ] = None,
     num_beams: Annotated[
-        Optional[int], typer.Option("--num-beams", help="Captioning/VQA: beam width (default 3; 1 = greedy).")
+        Optional[int],
+        typer.Option("--num-beams", help="Generative tasks: beam width (default: BLIP/BLIP-2 3, LLaVA 1 = greedy)."),
     ] = None,
     prompt: Annotated[
         Optional[str],
-        typer.Option("--prompt", help="Captioning: text prefix (BLIP: 'a picture of '); VQA: template with {question}."),
+        typer.Option(
+            "--prompt",
+            help="Captioning: text prefix (BLIP: 'a picture of '); VQA/multiple-choice: template with {question} "
+            "(default: the model's exported recipe, else the family's, e.g. LLaVA-1.5's).",
+        ),
     ] = None,
     recipe: Annotated[
         Optional[Path], typer.Option("--recipe", "-r", help="Recipe whose eval section gives generation/re-ranking defaults.")

@@ -134,9 +134,11 @@ def training_progress(enabled: bool) -> Iterator[Callable[[dict], None] | None]:
     with console.status("fine-tuning") as status:
 
         def on_step(record: dict) -> None:
+            skip = ("step", "epoch", "loss", "lr", "items_per_s")
+            parts = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in skip)
             status.update(
-                f"fine-tuning: step {record['step']} epoch {record['epoch']} loss {record['loss']:.4f} "
-                f"(itc {record['itc']:.4f}, js {record['js']:.4f}) {record['items_per_s']:.1f} pairs/s"
+                f"fine-tuning: step {record['step']} epoch {record['epoch']} loss {record['loss']:.4f} ({parts}) "
+                f"{record['items_per_s']:.1f} items/s"
             )
 
         yield on_step
@@ -146,7 +148,16 @@ def generation_table(rows: list[dict]) -> Table:
     """``crossget profile`` of a generative model: one row per model setting."""
     first = rows[0]
     table = Table(title=f"generation: batch {first['batch']}, {first['new_tokens']} new tokens (greedy)")
-    for name in ("run", "images/s", "prefill (ms)", "decode tokens/s", "items/s", "peak MB"):
+    facts = list(first.get("facts", {}))  # e.g. LLaVA: visual tokens into the LLM, prompt tokens
+    for name in (
+        "run",
+        *(f.replace("_", " ") for f in facts),
+        "images/s",
+        "prefill (ms)",
+        "decode tokens/s",
+        "items/s",
+        "peak MB",
+    ):
         table.add_column(name, justify="left" if name == "run" else "right")
 
     def cell(row, key, fmt):
@@ -158,6 +169,7 @@ def generation_table(rows: list[dict]) -> Table:
     for row in rows:
         table.add_row(
             row["label"],
+            *(str(row["facts"].get(f, "-")) for f in facts),
             cell(row, "images_per_s", "{:.1f}"),
             cell(row, "prefill_ms", "{:.1f}"),
             cell(row, "decode_tokens_per_s", "{:.1f}"),

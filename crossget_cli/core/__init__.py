@@ -1,13 +1,22 @@
 """The CrossGET algorithm as pure tensor functions (no model code, no I/O)."""
 
-from .matching import MergePlan, bipartite_matching, clamp_r, complete_graph_matching, protected_indices, token_schedule
+from .matching import (
+    MergePlan,
+    attention_importance,
+    bipartite_matching,
+    clamp_r,
+    complete_graph_matching,
+    protected_indices,
+    token_schedule,
+)
 from .merge import ensemble_merge, merge_sum
 from .losses import contrastive_loss, js_loss
-from .state import TokenState, collect_cross_tokens, trace_reduction
+from .state import TokenState, collect_cross_tokens, publish_cross_tokens, trace_reduction
 
 __all__ = [
     "MergePlan",
     "TokenState",
+    "attention_importance",
     "bipartite_matching",
     "clamp_r",
     "collect_cross_tokens",
@@ -17,6 +26,7 @@ __all__ = [
     "js_loss",
     "merge_sum",
     "protected_indices",
+    "publish_cross_tokens",
     "token_schedule",
     "trace_reduction",
 ]

@@ -83,9 +83,10 @@ def _masked_similarity(unit: torch.Tensor, protected: torch.Tensor) -> torch.Ten
 @torch.no_grad()
 def complete_graph_matching(
     metric: torch.Tensor,
-    guide: torch.Tensor,
+    guide: torch.Tensor | None,
     r: int,
     protected: torch.Tensor,
+    importance: torch.Tensor | None = None,
 ) -> MergePlan:
     """Choose ``r`` source tokens per sample and the kept token each merges into.
 
@@ -94,16 +95,21 @@ def complete_graph_matching(
         guide: ``[N, C]`` the guide query (the cross token's, or the text EOT's).
         r: tokens to remove; must already be clamped with :func:`clamp_r`.
         protected: ``[N, P]`` indices that are neither sources nor destinations.
+        importance: optional ``[N, T]`` importance of each token, used instead of
+            the cosine to ``guide`` (LLaVA's attention-based importance, SPEC §6).
 
     Each token's score is its importance (cosine to the guide) minus its best
     similarity to a token ranked after it in the complete graph, so the least
     important token of the most redundant pair is removed first.
     """
     metric = metric.float()
-    guide = guide.float()
     unit = metric / metric.norm(dim=-1, keepdim=True)
     sim = _masked_similarity(unit, protected)
-    importance = unit @ (guide / guide.norm(dim=-1, keepdim=True))[:, :, None]  # [N, T, 1]
+    if importance is None:
+        guide = guide.float()
+        importance = unit @ (guide / guide.norm(dim=-1, keepdim=True))[:, :, None]  # [N, T, 1]
+    else:
+        importance = importance.float()[:, :, None]
 
     # Rank tokens by their best edge; a token may only pair with tokens ranked
     # after it, so only one member of a mutual-best pair can become a source.
@@ -175,3 +181,13 @@ def bipartite_matching(metric: torch.Tensor, r: int, protected: torch.Tensor) ->
     dst_slot = (is_kept.cumsum(dim=1) - 1).gather(1, dst_idx)
     weight = torch.full((n, r, 2), 0.5, device=unit.device)
     return MergePlan(src_idx, keep_idx, dst_slot, weight)
+
+
+def attention_importance(weights: torch.Tensor) -> torch.Tensor:
+    """LLaVA's token importance (SPEC §6) from post-softmax attention weights
+    ``[N, heads, T, T]`` (size bias included), the cross token last: the mean
+    attention a token receives from the other tokens' rows plus the attention
+    the cross token pays it, with the weights averaged over heads. ``[N, T]``
+    float32."""
+    mean = weights.float().mean(dim=1)
+    return mean[:, :-1].mean(dim=1) + mean[:, -1]

@@ -66,6 +66,14 @@ def collect_cross_tokens() -> contextlib.AbstractContextManager[dict[str, list[t
     return _CROSS.holding({"vision": [], "text": []})
 
 
+def publish_cross_tokens(modality: str, tokens: list[torch.Tensor]) -> None:
+    """Hand one tower forward's injected cross tokens (one ``[N, D]`` tensor per
+    layer) to an active :func:`collect_cross_tokens`, layer-major."""
+    sink = _CROSS.value
+    if sink is not None and tokens:
+        sink[modality].append(torch.cat(tokens))
+
+
 @dataclass
 class TokenState:
     """Bookkeeping for one forward of one tower, batch-first.
@@ -148,22 +156,37 @@ class TokenState:
         bias = self.sizes.log().to(x.dtype).view(x.shape[0], 1, 1, t)
         return bias if causal is None else bias + causal
 
-    def reduce(self, x: torch.Tensor, keys: torch.Tensor, queries: torch.Tensor, r: int, num_heads: int = 1) -> torch.Tensor:
+    def clamped_r(self, r: int, num_tokens: int) -> int:
+        """The r this state's next reduction step of ``num_tokens`` tokens uses."""
+        return clamp_r(r, num_tokens, self.num_protected, bipartite=self.method == "tome")
+
+    def reduce(
+        self,
+        x: torch.Tensor,
+        keys: torch.Tensor,
+        queries: torch.Tensor | None,
+        r: int,
+        num_heads: int = 1,
+        importance: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """One reduction step after the attention residual (SPEC §1 step 3).
 
         ``keys`` and ``queries`` are ``[N, T, D]`` full-width projections with
         bias. CrossGET matches on the full-width keys, guided by the cross token's
         query (vision) or the EOT's (text); ToMe matches on the keys averaged over
-        the ``num_heads`` heads.
+        the ``num_heads`` heads. With ``importance`` (``[N, T]``, LLaVA, SPEC §6)
+        CrossGET matches on ``keys`` as given and takes that importance instead of
+        the cosine to a guide query.
         """
-        n, t, _ = x.shape
-        r = clamp_r(r, t, self.num_protected, bipartite=self.method == "tome")
+        r = self.clamped_r(r, x.shape[1])
         if r == 0:
             return x
         with torch.profiler.record_function(REDUCE_LABEL):
-            return self._reduce(x, keys, queries, r, num_heads)
+            return self._reduce(x, keys, queries, r, num_heads, importance)
 
-    def _reduce(self, x: torch.Tensor, keys: torch.Tensor, queries: torch.Tensor, r: int, num_heads: int) -> torch.Tensor:
+    def _reduce(
+        self, x: torch.Tensor, keys: torch.Tensor, queries: torch.Tensor | None, r: int, num_heads: int, importance
+    ) -> torch.Tensor:
         n, t, _ = x.shape
         if self.method == "tome":
             protected = torch.zeros(n, 1, dtype=torch.long, device=x.device)
@@ -172,9 +195,11 @@ class TokenState:
             plan = bipartite_matching(keys.view(n, t, num_heads, -1).mean(dim=2), r, protected)
         else:
             protected = protected_indices(n, t, self.pooled_idx, x.device)
-            rows = torch.arange(n, device=x.device)
-            guide = queries[:, -1] if self.pooled_idx is None else queries[rows, self.pooled_idx]
-            plan = complete_graph_matching(keys, guide, r, protected)
+            guide = None
+            if importance is None:
+                rows = torch.arange(n, device=x.device)
+                guide = queries[:, -1] if self.pooled_idx is None else queries[rows, self.pooled_idx]
+            plan = complete_graph_matching(keys, guide, r, protected, importance=importance)
         if self.trace is not None:
             self.last_plan = plan
         x, self.sizes, self.token_ids = ensemble_merge(x, self.sizes, plan, self.token_ids)
@@ -190,9 +215,7 @@ class TokenState:
 
     def publish_cross(self) -> None:
         """Hand the injected cross tokens to an active :func:`collect_cross_tokens`."""
-        sink = _CROSS.value
-        if sink is not None and self.cross_inputs:
-            sink[self.modality].append(torch.cat(self.cross_inputs))
+        publish_cross_tokens(self.modality, self.cross_inputs)
 
     def record(self, layer: int, x: torch.Tensor) -> None:
         """Append one block's outcome to the active trace (no-op without one)."""

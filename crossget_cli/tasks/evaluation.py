@@ -3,6 +3,8 @@ set; results per model and deltas to the first model.
 
 Tasks: ``retrieval`` (recall@1/5/10 both ways, :mod:`.retrieval`) and
 ``zeroshot`` (top-1/top-5, :mod:`.zeroshot`) for CLIP-style models.
+``multiple-choice`` (ScienceQA/MMBench style, :mod:`.choice`) asks a generative
+model to pick an option letter and scores accuracy.
 ``captioning`` and ``vqa`` score generated text with :mod:`.metrics`: either
 text a model generates through its adapter (the :class:`Generator` protocol,
 which generative adapters implement) or prediction files written elsewhere
@@ -23,7 +25,7 @@ from .encoders import ModelIO, model_io
 from .loading import DTYPES, load_model
 
 SCHEMA_VERSION = 1
-TASKS = ("retrieval", "zeroshot", "captioning", "vqa")
+TASKS = ("retrieval", "zeroshot", "captioning", "vqa", "multiple-choice")
 Progress = Callable[[str, int, int], None]
 
 
@@ -51,9 +53,9 @@ class EvalConfig:
     annotations: str | None = None  # VQAv2 annotation JSON (vqa)
     vqa_variant: str = "official"  # official (current vqaEval.py) or legacy (2016 code, as BLIP/LAVIS)
     itm_k: int = 128  # retrieval with an ITM head (BLIP): re-rank the ITC top k (0: ITC only)
-    max_new_tokens: int = 20  # captioning/vqa generation settings
+    max_new_tokens: int = 20  # captioning/vqa/multiple-choice generation settings
     min_new_tokens: int | None = None
-    num_beams: int = 3
+    num_beams: int | None = None  # None: the model family's default (BLIP 3, LLaVA 1)
     prompt: str | None = None  # caption prefix, or a VQA template with {question}
     batch_size: int = 64
     num_workers: int = 0
@@ -64,8 +66,19 @@ class EvalConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise CrossGetError(f"unknown task {self.task!r}", f"choose one of: {', '.join(TASKS)}")
-        for name, low in (("batch_size", 1), ("num_workers", 0), ("itm_k", 0), ("max_new_tokens", 1), ("num_beams", 1)):
+        optional = ("min_new_tokens", "num_beams")
+        checks = (
+            ("batch_size", 1),
+            ("num_workers", 0),
+            ("itm_k", 0),
+            ("max_new_tokens", 1),
+            ("min_new_tokens", 0),
+            ("num_beams", 1),
+        )
+        for name, low in checks:
             value = getattr(self, name)
+            if value is None and name in optional:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise CrossGetError(f"{name} must be an integer >= {low}, got {value!r}", f"e.g. --{name.replace('_', '-')} 64")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
@@ -230,6 +243,10 @@ def _load_data(config: EvalConfig):
         classnames = _read_lines(config.classnames, "--classnames") if config.classnames else None
         loaded = data.load_classification(config.data, label_column=config.label_column, classnames=classnames, **common)
         return loaded, data.load_templates(config.templates)
+    if config.task == "multiple-choice":
+        from .choice import load_multiple_choice
+
+        return load_multiple_choice(config.data, image_root=config.image_root, limit=config.limit)
     return data.load_vqa(
         config.data, annotations=config.annotations, image_root=config.image_root, split=config.split, limit=config.limit
     )
@@ -359,15 +376,29 @@ def _learned_prompts(io: ModelIO, classnames: Sequence[str]):
     return learner
 
 
-def _generation(io: ModelIO, config: EvalConfig) -> dict[str, Any]:
-    """Generation settings from the flags, and the model's tokenizer to decode."""
-    return dict(
-        tokenizer=io.loaded.tokenizer,
-        prompt=config.prompt,
-        max_new_tokens=config.max_new_tokens,
-        min_new_tokens=config.min_new_tokens,
-        num_beams=config.num_beams,
-    )
+def _generation(io: ModelIO, config: EvalConfig, generator, task: str) -> dict[str, Any]:
+    """Generation settings and the model's tokenizer to decode. Each setting is
+    the flag, else the evaluated model's exported recipe (its ``eval`` section),
+    else the family's default (``prompt_templates[task]``, ``generation_defaults``)."""
+    exported = _exported_eval_spec(io.loaded.source)
+    defaults = {**getattr(generator, "generation_defaults", {}), "prompt": getattr(generator, "prompt_templates", {}).get(task)}
+    settings: dict[str, Any] = {"tokenizer": io.loaded.tokenizer}
+    for name in ("prompt", "max_new_tokens", "min_new_tokens", "num_beams"):
+        value = getattr(config, name)
+        if value is None and exported is not None:
+            value = getattr(exported, name)
+        settings[name] = defaults.get(name) if value is None else value
+    return settings
+
+
+def _exported_eval_spec(source: str):
+    """The ``eval`` section of an exported model's ``crossget.yaml``, or ``None``."""
+    from pathlib import Path
+
+    from ..recipes import load_recipe
+
+    recipe_file = Path(source) / "crossget.yaml"
+    return load_recipe(recipe_file).eval if recipe_file.is_file() else None
 
 
 def _generator(io: ModelIO, task: str) -> Generator:
@@ -383,24 +414,44 @@ def _generator(io: ModelIO, task: str) -> Generator:
 
 def _run_captioning(io: ModelIO, data, config: EvalConfig, report, notes: list[str]) -> dict[str, float]:
     generator = _generator(io, "captioning")
+    settings = _generation(io, config, generator, "captioning")
     captions = []
     for images in _image_batches(io, data.image_dataset(io.transform), config, report, "images"):
-        captions += generator.generate_captions(io.model, images.to(io.device, io.dtype), **_generation(io, config))
+        captions += generator.generate_captions(io.model, images.to(io.device, io.dtype), **settings)
     ids = [str(i) for i in (data.image_ids or range(len(data.image_paths)))]
     return _caption_metrics(data, dict(zip(ids, captions)), notes)
 
 
-def _run_vqa(io: ModelIO, data, config: EvalConfig, report, notes: list[str]) -> dict[str, float]:
-    generator = _generator(io, "vqa")
-    answers = {}
+def _answers(io: ModelIO, data, questions: Sequence[str], config: EvalConfig, task: str, report) -> list[str]:
+    """Generated answers to ``questions`` (one per image of ``data``), in order."""
+    generator = _generator(io, task)
+    settings = _generation(io, config, generator, task)
+    answers: list[str] = []
     loader = DataLoader(data.image_dataset(io.transform), batch_size=config.batch_size, num_workers=config.num_workers)
     for indices, images in loader:
-        questions = [data.questions[i] for i in indices.tolist()]
-        batch = images.to(io.device, io.dtype)
-        for i, answer in zip(indices.tolist(), generator.answer_questions(io.model, batch, questions, **_generation(io, config))):
-            answers[str(data.question_ids[i])] = answer
-        report(len(answers), len(data.questions), "questions")
-    return _vqa_metrics(data, answers, config)
+        batch = [questions[i] for i in indices.tolist()]
+        answers += generator.answer_questions(io.model, images.to(io.device, io.dtype), batch, **settings)
+        report(len(answers), len(questions), "questions")
+    return answers
 
 
-_TASK_RUNNERS = {"retrieval": _run_retrieval, "zeroshot": _run_zeroshot, "captioning": _run_captioning, "vqa": _run_vqa}
+def _run_vqa(io: ModelIO, data, config: EvalConfig, report, notes: list[str]) -> dict[str, float]:
+    answers = _answers(io, data, data.questions, config, "vqa", report)
+    return _vqa_metrics(data, {str(q): a for q, a in zip(data.question_ids, answers)}, config)
+
+
+def _run_multiple_choice(io: ModelIO, data, config: EvalConfig, report, notes: list[str]) -> dict[str, float]:
+    from .choice import choice_accuracy, format_options, parse_choice
+
+    questions = [f"{q}\n{format_options(options)}" for q, options in zip(data.questions, data.options)]
+    answers = _answers(io, data, questions, config, "multiple-choice", report)
+    return choice_accuracy([parse_choice(a, o) for a, o in zip(answers, data.options)], data.answers)
+
+
+_TASK_RUNNERS = {
+    "retrieval": _run_retrieval,
+    "zeroshot": _run_zeroshot,
+    "captioning": _run_captioning,
+    "vqa": _run_vqa,
+    "multiple-choice": _run_multiple_choice,
+}

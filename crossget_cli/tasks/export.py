@@ -174,7 +174,7 @@ def _finetune_spec(recipe: Recipe, config: FinetuneConfig) -> FinetuneSpec:
         epochs=config.epochs,
         batch_size=config.batch_size,
         schedule=config.schedule,
-        trainable=config.trainable if config.trainable in ("all", "cross") else base.trainable,
+        trainable=config.trainable if config.trainable in ("all", "cross", "cross+projector+llm") else base.trainable,
         amp=config.amp,
         dataset=config.data,
     )
@@ -325,7 +325,7 @@ def load_exported(path: str | Path) -> LoadedModel:
         model = build_openclip(model_config)
         if "preprocess_cfg" in saved:
             model.visual.preprocess_cfg = saved["preprocess_cfg"]
-    elif spec.family in ("hf-clip", "blip", "blip2"):  # transformers models
+    elif (path / "config.json").is_file():  # any transformers family
         from .loading import hf_preprocessors
 
         model, model_config = _build_hf(path, spec.attn_implementation), None

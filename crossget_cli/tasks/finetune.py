@@ -38,6 +38,11 @@ from .losses import clip_losses
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "train_log.jsonl"
 TRAINABLE = ("all", "cross")
+#: Named parameter groups of ``--trainable`` (recipes' ``finetune.trainable``).
+TRAINABLE_GROUPS = {
+    "cross+projector": "cross_image,cross_text,multi_modal_projector",
+    "cross+projector+llm": "cross_image,cross_text,multi_modal_projector,language_model,lm_head",
+}
 AMP = ("none", "fp16", "bf16")
 SCHEDULES = ("cosine", "constant")
 
@@ -198,7 +203,7 @@ def select_trainable(model: nn.Module, trainable: str) -> list[str]:
     elif trainable == "cross":
         chosen = [n for n in names if n.endswith(("cross_image", "cross_text"))]
     else:
-        patterns = [p.strip() for p in trainable.split(",") if p.strip()]
+        patterns = [p.strip() for p in TRAINABLE_GROUPS.get(trainable, trainable).split(",") if p.strip()]
         chosen = [n for n in names if any(p in n for p in patterns)]
     if not chosen:
         raise CrossGetError(f"--trainable {trainable!r} selects no parameter", "use all, cross, or substrings of parameter names")
@@ -459,4 +464,5 @@ def finetune(
     return FinetuneResult(step, last_loss, history, best, config)
 
 
-from . import blip_finetune  # noqa: E402,F401  (registers the BLIP objectives)
+# Objectives of the other model families register themselves on import.
+from . import blip_finetune, llava_finetune  # noqa: E402,F401  ("blip-*", "llava")

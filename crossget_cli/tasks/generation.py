@@ -12,6 +12,9 @@ batch, ``generate(n)`` runs ``generate`` producing exactly ``n`` new tokens
 * decode: ``batch * (n - 1) / (t_generate(n) - t_generate(1))`` tokens/s;
 * end to end: ``batch / t_generate(n)`` items/s.
 
+``facts`` are per-model figures the adapter knows without timing, reported as
+they are (LLaVA: the visual tokens into the LLM and the prompt length).
+
 Like :mod:`.profile`, each repeat times every model once in a rotating order
 (interleaved, so drifts in clock and load hit every model alike), after
 warm-up; medians are reported.
@@ -35,6 +38,7 @@ class GenerationCalls:
 
     encode: Callable[[], Any]
     generate: Callable[[int], Any]
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -51,6 +55,7 @@ class GenerationTiming:
     decode_tokens_per_s: float | None
     items_per_s: float
     peak_memory_mb: float | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
     ratios: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,6 +135,7 @@ def time_generation(
                 decode_tokens_per_s=batch * (new_tokens - 1) / decode_s if decode_s > 0 else None,
                 items_per_s=batch / full[label],
                 peak_memory_mb=memory[label],
+                facts=dict(models[label].facts),
             )
         )
     reference = results[0]
