@@ -132,6 +132,26 @@ def test_generate_matches_features_fed_by_hand():
         assert torch.equal(patched, by_hand), sample
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prefill_logits_equal_features_fed_by_hand_bit_for_bit(dtype):
+    """The patched prefill (vision tower, projector, zero LLM cross tokens written
+    over each prompt's first real token of a left-padded batch) gives the very
+    logits of the unpatched model fed the reduced features through
+    ``inputs_embeds``: the same ops in the same dtype with the same mask, so
+    greedy decoding cannot drift even where a large random model has near ties."""
+    model = crossget_cli.patch(tiny_llava().to(dtype), vision_r=2)
+    inputs = inputs_for(model)
+    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+    assert (inputs["attention_mask"] == 0).any()
+    reference = crossget_cli.unpatch(tiny_llava().to(dtype))
+    with torch.inference_mode():
+        embeds = reference_embeds(model, inputs)
+        patched = model(**inputs).logits
+        by_hand = reference(inputs_embeds=embeds, attention_mask=inputs["attention_mask"]).logits
+        again = model(**inputs).logits  # and run to run
+    assert patched.dtype == dtype and torch.equal(patched, by_hand) and torch.equal(patched, again)
+
+
 def test_llm_cross_token_acts_in_prefill_and_lives_in_the_cache():
     """A trained LLM cross token changes the output; generating with the KV
     cache equals a greedy loop that re-runs the whole prompt every step."""

@@ -91,6 +91,27 @@ def test_two_sources_into_one_destination_use_the_pre_merge_destination():
     assert ids[0].tolist() == pytest.approx([0.0, (3.0 + 6.0 + 9.0) / 3])  # plain size-weighted mean
 
 
+def test_low_precision_merge_is_computed_in_float32_and_rounded_once():
+    """bf16 hidden states, several sources into one destination, weights bf16
+    cannot hold: the merged tokens are the exact rule rounded once to bf16 (no
+    bf16 intermediate, no accumulation whose rounding depends on the order a
+    device adds in, as CUDA's atomic scatter_add_ does)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 16, generator=gen).to(torch.bfloat16)
+    sizes = torch.tensor([1.0, 2.0, 1.0, 3.0, 1.0, 2.0]).repeat(2, 1)[..., None]
+    weight = [[0.7, 0.3], [0.61, 0.39], [0.55, 0.45]]
+    plan = _plan(src=[1, 2, 3], dst=[4, 4, 5], keep=[0, 4, 5], weight=weight)
+    plan = MergePlan(*(t.expand(2, *t.shape[1:]) for t in (plan.src_idx, plan.keep_idx, plan.dst_slot, plan.weight)))
+    merged, new_sizes, _ = ensemble_merge(x, sizes, plan)
+    X = x.double() * sizes.double()  # [N, T, C] size-weighted, exact
+    expected = X[:, [0, 4, 5]].clone()
+    for (s, d), (w_s, w_d) in zip([(1, 4), (2, 4), (3, 5)], weight):
+        expected[:, [0, 4, 5].index(d)] += 2 * w_s * X[:, s] + (2 * w_d - 1) * X[:, d]
+    expected /= new_sizes.double()
+    assert new_sizes[0, :, 0].tolist() == [1.0, 4.0, 5.0]
+    assert merged.dtype == torch.bfloat16 and torch.equal(merged, expected.to(torch.bfloat16))
+
+
 def test_hand_worked_matching():
     # Tokens 0 (CLS) and 4 (cross) are protected. Tokens 1 and 2 are near
     # duplicates; 3 is orthogonal to both. The guide points along token 2, so
