@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import open_clip
 import pytest
@@ -38,6 +39,11 @@ def test_train_lowers_the_loss_and_saves_an_open_clip_folder(shapes, tiny, tmp_p
         assert torch.equal(trained.encode_image(images), ours.encode_image(images))
         assert not torch.allclose(trained.encode_image(images), original.encode_image(images))
     assert not hasattr(ours.visual.transformer, "cross_image")  # saved unpatched
+    # Written through a private temporary folder, but finished with the modes the umask gives.
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (tmp_path / "out" / "open_clip_model.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_training_from_scratch_is_reproducible(shapes, tmp_path):  # noqa: F811

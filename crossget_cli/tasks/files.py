@@ -24,8 +24,20 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> None
             tmp.unlink()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def replace_folder(tmp: Path, folder: Path) -> None:
-    """Move the finished folder ``tmp`` to ``folder``, replacing what was there."""
+    """Move the finished folder ``tmp`` to ``folder``, replacing what was there.
+
+    ``tmp`` comes from ``mkdtemp`` (mode 0700) and some writers create 0600 files:
+    the result gets the modes a plain ``mkdir``/``open`` would have given (umask)."""
+    mask = _umask()
+    for path in [tmp, *tmp.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
     old = None
     if folder.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
