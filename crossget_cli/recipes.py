@@ -43,7 +43,7 @@ class ReductionSpec:
 
 @dataclass(frozen=True)
 class FinetuneSpec:
-    """Fine-tuning with L_JS (SPEC §4); read and validated now, run by a later release."""
+    """Fine-tuning with L_JS (SPEC §4): the defaults of `crossget compress --finetune` (flags override)."""
 
     objective: str = "clip"  # clip (ITC + L_JS) or coop (CE + 10 L_JS)
     js_weight: float = 0.5
