@@ -4,8 +4,14 @@ Times the fine-tuning loop's step (ClipObjective.losses under autocast, GradScal
 AdamW) on GPU-resident batches, fp16 and bf16, for r=0 (patched, cross tokens
 injected) and rv16, then runs the library's `finetune()` itself for a short AMP run
 on real image files to exercise the whole path. Writes $OUT/amp_bench.json."""
-import json, os, statistics, sys, tempfile, time
-import torch, open_clip
+
+import json
+import os
+import statistics
+import tempfile
+import time
+import torch
+import open_clip
 from PIL import Image
 import crossget_cli
 from crossget_cli.tasks.encoders import model_io
@@ -32,23 +38,34 @@ def timed_steps(vision_r, amp):
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[amp]
     from crossget_cli.tasks.losses import clip_losses
+
     torch.cuda.reset_peak_memory_stats()
     times, losses = [], []
     for step in range(STEPS + WARMUP):
-        torch.cuda.synchronize(); t = time.perf_counter()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=dtype):
             out = clip_losses(model, images, texts, ids, config.task_weight, config.js_weight)
         scaler.scale(out["total"]).backward()
-        scaler.step(opt); scaler.update()
+        scaler.step(opt)
+        scaler.update()
         torch.cuda.synchronize()
         if step >= WARMUP:
             times.append(time.perf_counter() - t)
         losses.append(out["total"].item())
-    row = {"vision_r": vision_r, "amp": amp, "median_step_ms": 1000 * statistics.median(times),
-           "p25_ms": 1000 * statistics.quantiles(times, n=4)[0], "p75_ms": 1000 * statistics.quantiles(times, n=4)[2],
-           "images_per_s": BATCH / statistics.median(times), "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20,
-           "loss_first": losses[0], "loss_last": losses[-1], "finite": all(map(lambda v: v == v and abs(v) < 1e9, losses))}
+    row = {
+        "vision_r": vision_r,
+        "amp": amp,
+        "median_step_ms": 1000 * statistics.median(times),
+        "p25_ms": 1000 * statistics.quantiles(times, n=4)[0],
+        "p75_ms": 1000 * statistics.quantiles(times, n=4)[2],
+        "images_per_s": BATCH / statistics.median(times),
+        "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "finite": all(map(lambda v: v == v and abs(v) < 1e9, losses)),
+    }
     print(json.dumps(row), flush=True)
     results["runs"].append(row)
     del model, opt
@@ -69,13 +86,27 @@ for amp in ("fp16", "bf16"):
     loaded = load_model("ViT-B-16", "none")
     crossget_cli.patch(loaded.model, vision_r=16, text_r=0)
     io = model_io(loaded, "cuda")
-    cfg = FinetuneConfig(data=f"{root}/data.json", amp=amp, device="cuda", batch_size=64, epochs=3, lr=1e-4,
-                         checkpoint_dir=f"{root}/ckpt-{amp}", warmup_steps=2)
+    cfg = FinetuneConfig(
+        data=f"{root}/data.json",
+        amp=amp,
+        device="cuda",
+        batch_size=64,
+        epochs=3,
+        lr=1e-4,
+        checkpoint_dir=f"{root}/ckpt-{amp}",
+        warmup_steps=2,
+    )
     t = time.perf_counter()
     res = finetune(io, cfg)
-    row = {"loop": True, "amp": amp, "steps": res.steps, "wall_s": time.perf_counter() - t,
-           "loss": [round(h["loss"], 4) for h in res.history], "items_per_s_median": statistics.median(h["items_per_s"] for h in res.history),
-           "checkpoint": os.path.isfile(f"{root}/ckpt-{amp}/checkpoint.pt")}
+    row = {
+        "loop": True,
+        "amp": amp,
+        "steps": res.steps,
+        "wall_s": time.perf_counter() - t,
+        "loss": [round(h["loss"], 4) for h in res.history],
+        "items_per_s_median": statistics.median(h["items_per_s"] for h in res.history),
+        "checkpoint": os.path.isfile(f"{root}/ckpt-{amp}/checkpoint.pt"),
+    }
     print(json.dumps(row), flush=True)
     results["runs"].append(row)
 json.dump(results, open(f"{OUT}/amp_bench.json", "w"), indent=1)

@@ -46,7 +46,9 @@ def build(tiny: bool, device: torch.device, dtype: torch.dtype):
         text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)
     else:
         vision = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=336)
-        text = dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16)
+        text = dict(
+            hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16
+        )
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(patch_size=14, hidden_act="quick_gelu", projection_dim=768, **vision),
         text_config=LlamaConfig(vocab_size=VOCAB, max_position_embeddings=4096, pad_token_id=PAD, bos_token_id=BOS, **text),
