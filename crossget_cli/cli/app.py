@@ -396,27 +396,13 @@ def _coop_run(recipe, data, image_root, split, epochs, max_steps, batch_size, lr
 
 def _finetune_config(recipe, flags: dict):
     """Flags over the recipe's ``finetune`` section over the defaults."""
-    from ..tasks.finetune import FinetuneConfig
+    from ..tasks.finetune import FinetuneConfig, recipe_settings
 
     if not flags["data"]:
         raise CrossGetError(
             "--finetune needs --train-data", "pass image-caption data (Karpathy/BLIP JSON, CSV/JSONL, HF datasets)"
         )
-    spec = recipe.finetune if recipe is not None else None
-    from_recipe = {}
-    if spec is not None:
-        from_recipe = dict(
-            lr=spec.lr,
-            weight_decay=spec.weight_decay,
-            epochs=spec.epochs,
-            batch_size=spec.batch_size,
-            schedule=spec.schedule,
-            js_weight=spec.js_weight,
-        )
-        if spec.trainable in ("all", "cross", "cross+projector+llm"):
-            from_recipe["trainable"] = spec.trainable
-        if spec.amp in ("none", "fp16", "bf16") and flags["device"].startswith("cuda"):
-            from_recipe["amp"] = spec.amp
+    from_recipe = recipe_settings(recipe.finetune if recipe is not None else None, flags["device"])
     given = {k: v for k, v in flags.items() if v is not None}
     return FinetuneConfig(**{**from_recipe, **given})
 

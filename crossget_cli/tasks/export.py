@@ -16,8 +16,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -30,12 +28,11 @@ from ..adapters import find_adapter
 from ..api import patch, reduction_config
 from ..config import plain_r
 from ..errors import CrossGetError
-from ..recipes import ModelSpec, Recipe, ReductionSpec, load_recipe
-from .files import replace_folder
+from ..recipes import FinetuneSpec, ModelSpec, Recipe, ReductionSpec, load_recipe
+from .files import write_folder
 from .loading import LoadedModel, build_openclip, dtype_name, load_model
 
 if TYPE_CHECKING:
-    from ..recipes import FinetuneSpec
     from .coop import CoopRun
     from .finetune import FinetuneConfig
 
@@ -103,7 +100,9 @@ def compress(
         recipe = replace(recipe, finetune=_coop_spec(recipe, finetune))
     elif finetune is not None:
         trained = _finetune(loaded, finetune, progress)
-        recipe = replace(recipe, finetune=_finetune_spec(recipe, finetune))
+        from .finetune import recipe_spec
+
+        recipe = replace(recipe, finetune=recipe_spec(recipe.finetune or FinetuneSpec(), finetune))
         if trained.get("rank", 0) != 0:
             return CompressResult(output, recipe, {}, loaded.model)
     report = build_report(loaded.model, measure_speed=measure_speed, model_name=source)
@@ -131,8 +130,6 @@ def _finetune_coop(loaded: LoadedModel, run: CoopRun, progress):
 
 
 def _coop_spec(recipe: Recipe, run: CoopRun) -> FinetuneSpec:
-    from ..recipes import FinetuneSpec
-
     base = recipe.finetune or FinetuneSpec()
     config = run.config
     return replace(
@@ -159,25 +156,6 @@ def _finetune(loaded: LoadedModel, config: FinetuneConfig, progress) -> dict[str
     result = finetune(io, config, progress=progress, evaluate=evaluate)
     io.model.to("cpu", torch.float32)
     return {**result.to_dict(), "rank": world_info()[0], "history": result.history}
-
-
-def _finetune_spec(recipe: Recipe, config: FinetuneConfig) -> FinetuneSpec:
-    from ..recipes import FinetuneSpec
-
-    base = recipe.finetune or FinetuneSpec()
-    return replace(
-        base,
-        objective=config.objective,
-        js_weight=config.js_weight,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        schedule=config.schedule,
-        trainable=config.trainable if config.trainable in ("all", "cross", "cross+projector+llm") else base.trainable,
-        amp=config.amp,
-        dataset=config.data,
-    )
 
 
 def _load_cross_tokens(loaded: LoadedModel) -> None:
@@ -237,21 +215,10 @@ def export(
 
     model = loaded.model
     check_output(output, overwrite)
-    output.resolve().parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.resolve().parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         save_model(model, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "crossget": __version__})
-        if loaded.family == "openclip":
-            config = {"model_cfg": loaded.model_config}
-            preprocess = getattr(model.visual, "preprocess_cfg", None)
-            if preprocess:
-                config["preprocess_cfg"] = dict(preprocess)
-            (tmp / OPENCLIP_CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        else:
-            model.config.save_pretrained(str(tmp))
-            for preprocessor in (loaded.tokenizer, loaded.image_processor):
-                if preprocessor is not None:
-                    preprocessor.save_pretrained(str(tmp))
+        save_model_config(loaded, tmp)
         dtype = next(model.parameters()).dtype
         model_spec = replace(
             recipe.model,
@@ -271,10 +238,26 @@ def export(
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2))
         if extra_files is not None:
             extra_files(tmp)
-        replace_folder(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_folder(output, fill)
+
+
+def save_model_config(loaded: LoadedModel, folder: Path) -> None:
+    """The model's own config, as its library reads it back: ``open_clip_config.json``
+    (with the preprocessing) or transformers' ``config.json`` with the tokenizer and
+    image processor saved with the model."""
+    model = loaded.model
+    if loaded.family == "openclip":
+        config = {"model_cfg": loaded.model_config}
+        preprocess = getattr(model.visual, "preprocess_cfg", None)
+        if preprocess:
+            config["preprocess_cfg"] = dict(preprocess)
+        (folder / OPENCLIP_CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        return
+    model.config.save_pretrained(str(folder))
+    for preprocessor in (loaded.tokenizer, loaded.image_processor):
+        if preprocessor is not None:
+            preprocessor.save_pretrained(str(folder))
 
 
 def _provenance(weights: Path) -> dict[str, Any]:

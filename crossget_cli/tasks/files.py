@@ -24,6 +24,22 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> None
             tmp.unlink()
 
 
+def write_folder(folder: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a fresh hidden sibling folder of ``folder`` (parents
+    created), then move it to ``folder``, replacing what was there; if ``write``
+    fails, the sibling is removed and ``folder`` is left as it was."""
+    folder = Path(folder)
+    parent = folder.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=parent))
+    try:
+        write(tmp)
+        replace_folder(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -21,9 +21,9 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -35,6 +35,9 @@ from .encoders import ModelIO
 from .files import write_atomic
 from .losses import clip_losses
 
+if TYPE_CHECKING:
+    from ..recipes import FinetuneSpec
+
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "train_log.jsonl"
 TRAINABLE = ("all", "cross")
@@ -43,6 +46,8 @@ TRAINABLE_GROUPS = {
     "cross+projector": "cross_image,cross_text,multi_modal_projector",
     "cross+projector+llm": "cross_image,cross_text,multi_modal_projector,language_model,lm_head",
 }
+#: The ``trainable`` values a recipe and a FinetuneConfig share (CoOp's ``prompt+cross`` is its own).
+SHARED_TRAINABLE = (*TRAINABLE, *TRAINABLE_GROUPS)
 AMP = ("none", "fp16", "bf16")
 SCHEDULES = ("cosine", "constant")
 
@@ -111,6 +116,42 @@ class FinetuneConfig:
         for name in ("task_weight", "js_weight"):
             if not getattr(self, name) >= 0:
                 raise CrossGetError(f"{name} must be >= 0, got {getattr(self, name)!r}", f"e.g. --{name.replace('_', '-')} 0.5")
+
+
+def recipe_settings(spec: FinetuneSpec | None, device: str) -> dict[str, Any]:
+    """The FinetuneConfig fields a recipe's ``finetune`` section sets (flags override them)."""
+    if spec is None:
+        return {}
+    settings = dict(
+        lr=spec.lr,
+        weight_decay=spec.weight_decay,
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        schedule=spec.schedule,
+        js_weight=spec.js_weight,
+    )
+    if spec.trainable in SHARED_TRAINABLE:
+        settings["trainable"] = spec.trainable
+    if spec.amp in AMP and device.startswith("cuda"):
+        settings["amp"] = spec.amp
+    return settings
+
+
+def recipe_spec(base: FinetuneSpec, config: FinetuneConfig) -> FinetuneSpec:
+    """The recipe's ``finetune`` section that records ``config`` (the reverse of :func:`recipe_settings`)."""
+    return replace(
+        base,
+        objective=config.objective,
+        js_weight=config.js_weight,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        schedule=config.schedule,
+        trainable=config.trainable if config.trainable in SHARED_TRAINABLE else base.trainable,
+        amp=config.amp,
+        dataset=config.data,
+    )
 
 
 class Objective:

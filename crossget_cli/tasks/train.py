@@ -11,8 +11,6 @@ for the same steps as a compressed one.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +19,7 @@ import torch
 
 from ..api import is_patched
 from ..errors import CrossGetError
-from .files import replace_folder
+from .files import write_folder
 from .finetune import FinetuneConfig
 from .loading import DTYPES, OPENCLIP_WEIGHTS_FILE, LoadedModel, load_model
 
@@ -71,17 +69,14 @@ def train(
     if world_info()[0] != 0:
         return TrainResult(output, {})
     training = {**result.to_dict(), "history": result.history, "source": source, "pretrained": pretrained}
-    output.resolve().parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.resolve().parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         weights = save_native(loaded, tmp, DTYPES[save_dtype])
         training["weights_sha256"] = sha256(weights)
         training["save_dtype"] = save_dtype
         (tmp / TRAINING_FILE).write_text(json.dumps(training, indent=2, default=str))
-        replace_folder(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_folder(output, fill)
     return TrainResult(output, training)
 
 
@@ -91,19 +86,14 @@ def save_native(loaded: LoadedModel, folder: Path, dtype: torch.dtype = torch.fl
     or a transformers folder with its tokenizer and image processor. Returns the weights file."""
     from safetensors.torch import save_file
 
+    from .export import save_model_config
+
     model = loaded.model
+    save_model_config(loaded, folder)
     if loaded.family == "openclip":
-        config = {"model_cfg": loaded.model_config}
-        preprocess = getattr(model.visual, "preprocess_cfg", None)
-        if preprocess:
-            config["preprocess_cfg"] = dict(preprocess)
-        (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
         state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(folder / OPENCLIP_WEIGHTS_FILE), metadata={"format": "pt"})
         return folder / OPENCLIP_WEIGHTS_FILE
-    model.to(dtype).save_pretrained(str(folder))
+    model.to(dtype).save_pretrained(str(folder))  # rewrites config.json with the saved dtype
     model.to(torch.float32)
-    for preprocessor in (loaded.tokenizer, loaded.image_processor):
-        if preprocessor is not None:
-            preprocessor.save_pretrained(str(folder))
     return folder / "model.safetensors"
