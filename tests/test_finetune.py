@@ -136,7 +136,10 @@ def test_two_process_ddp_equals_one_process(shapes, tiny, tmp_path):
             # into +-lr steps, different for any two reduction orders. Compare q, v.
             width = value.shape[0] // 3
             value, other = torch.cat([value[:width], value[2 * width :]]), torch.cat([other[:width], other[2 * width :]])
-        assert torch.allclose(other, value, atol=1e-5, rtol=0), name
+        # AdamW's normalised step scales the rounding noise of a near-zero
+        # gradient up (two batch splits round differently): 3 steps at lr 1e-4
+        # stay within a third of one step of each other.
+        assert torch.allclose(other, value, atol=3e-5, rtol=0), name
 
 
 def test_bad_finetune_input(shapes, tiny, tmp_path):

@@ -59,10 +59,11 @@ def test_clamp_and_token_schedule_follow_spec_section_5():
 
 
 def _plan(src, dst, keep, weight) -> MergePlan:
-    src_t = torch.tensor([src])
-    keep_t = torch.tensor([keep])
-    slot = torch.tensor([[keep.index(d) for d in dst]])
-    return MergePlan(src_t, keep_t, slot, torch.tensor([weight]))
+    plan = MergePlan.from_pairs(torch.tensor([src]), torch.tensor([dst]), len(src) + len(keep), torch.tensor([weight]))
+    assert plan.keep_idx.tolist() == [keep] and plan.dst_idx.tolist() == [dst]
+    assert plan.dst_slot.tolist() == [[keep.index(d) for d in dst]]
+    assert torch.allclose(plan.weight, torch.tensor([weight]))
+    return plan
 
 
 def test_merge_rule_is_literal_and_not_convex_for_unequal_sizes():
@@ -91,25 +92,39 @@ def test_two_sources_into_one_destination_use_the_pre_merge_destination():
     assert ids[0].tolist() == pytest.approx([0.0, (3.0 + 6.0 + 9.0) / 3])  # plain size-weighted mean
 
 
-def test_low_precision_merge_is_computed_in_float32_and_rounded_once():
-    """bf16 hidden states, several sources into one destination, weights bf16
-    cannot hold: the merged tokens are the exact rule rounded once to bf16 (no
-    bf16 intermediate, no accumulation whose rounding depends on the order a
-    device adds in, as CUDA's atomic scatter_add_ does)."""
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_merge_stays_in_the_model_dtype_within_rounding(dtype):
+    """bf16/fp16 hidden states, several sources into one destination, weights the
+    dtype cannot hold: the merge runs in the model dtype (one product that
+    accumulates in float32), so the merged tokens are the exact rule within a
+    few roundings of the dtype; sizes stay exact float32; and the result does not
+    depend on the rest of the batch."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 6, 16, generator=gen).to(torch.bfloat16)
+    x = torch.randn(2, 6, 16, generator=gen).to(dtype)
     sizes = torch.tensor([1.0, 2.0, 1.0, 3.0, 1.0, 2.0]).repeat(2, 1)[..., None]
     weight = [[0.7, 0.3], [0.61, 0.39], [0.55, 0.45]]
-    plan = _plan(src=[1, 2, 3], dst=[4, 4, 5], keep=[0, 4, 5], weight=weight)
-    plan = MergePlan(*(t.expand(2, *t.shape[1:]) for t in (plan.src_idx, plan.keep_idx, plan.dst_slot, plan.weight)))
+    one = _plan(src=[1, 2, 3], dst=[4, 4, 5], keep=[0, 4, 5], weight=weight)
+    plan = MergePlan(*(t.expand(2, *t.shape[1:]) for t in (one.src_idx, one.slot, one.dst, one.source_weight)))
     merged, new_sizes, _ = ensemble_merge(x, sizes, plan)
     X = x.double() * sizes.double()  # [N, T, C] size-weighted, exact
     expected = X[:, [0, 4, 5]].clone()
     for (s, d), (w_s, w_d) in zip([(1, 4), (2, 4), (3, 5)], weight):
         expected[:, [0, 4, 5].index(d)] += 2 * w_s * X[:, s] + (2 * w_d - 1) * X[:, d]
     expected /= new_sizes.double()
-    assert new_sizes[0, :, 0].tolist() == [1.0, 4.0, 5.0]
-    assert merged.dtype == torch.bfloat16 and torch.equal(merged, expected.to(torch.bfloat16))
+    assert new_sizes.dtype == torch.float32 and new_sizes[0, :, 0].tolist() == [1.0, 4.0, 5.0]
+    assert merged.dtype == dtype
+    ulp = torch.finfo(dtype).eps * expected.abs().clamp_min(1.0)
+    assert ((merged.double() - expected).abs() <= 4 * ulp).all()
+    alone, _, _ = ensemble_merge(x[1:], sizes[1:], MergePlan(one.src_idx, one.slot, one.dst, one.source_weight))
+    assert torch.equal(alone[0], merged[1])
+
+
+def test_plan_slots_and_weights_for_every_token():
+    # Tokens 1 -> 4 and 2 -> 4, 3 -> 5 merged away; the others keep their order.
+    plan = _plan(src=[1, 2, 3], dst=[4, 4, 5], keep=[0, 4, 5], weight=[[0.7, 0.3], [0.6, 0.4], [0.5, 0.5]])
+    assert plan.slot.tolist() == [[0, 1, 1, 2, 1, 2]]
+    assert plan.dst.tolist() == [[0, 4, 4, 5, 4, 5]]
+    assert torch.allclose(plan.source_weight, torch.tensor([[1.0, 1.4, 1.2, 1.0, 1.0, 1.0]]))
 
 
 def test_hand_worked_matching():

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ReductionConfig
-from ..core import TokenState, token_schedule
+from ..core import TokenState, constants, token_schedule
 from ..errors import CrossGetError
 
 CONFIG_ATTR = "crossget_config"
@@ -143,9 +143,13 @@ def run_tower(
         x = append_cross_slot(x, state.pooled_idx)
     if on_hidden is not None:
         on_hidden(0, x)
+    # At inference nothing but this loop holds a block's output, so the cross
+    # slot can be updated in place; a trace or recorded hidden states keep the
+    # outputs as they were, and autograd needs them.
+    in_place = on_hidden is None and state.trace is None and not torch.is_grad_enabled()
     for layer, (block, r) in enumerate(zip(blocks, getattr(holder, SCHEDULE_ATTR))):
         if cross is not None:
-            x = state.inject_cross(x, cross[0, layer])
+            x = state.inject_cross(x, cross[0, layer], in_place=in_place)
         x = block_forward(block, x, state, r)
         state.record(layer, x)
         if on_hidden is not None:
@@ -296,6 +300,11 @@ class Adapter:
         for module, mixin in self.class_swaps(model):
             swap_class(module, mixin)
         setattr(model, CONFIG_ATTR, config)
+        for tower, schedule in zip(towers, schedules):
+            counts = tower.token_counts()
+            reducing = [t for t, r in zip(counts, schedule) if r > 0]
+            ref = next(tower.holder.parameters())
+            constants.prepare(config.method, reducing, ref.device, ref.dtype, causal=tower.modality == "text")
         return model
 
     def remove(self, model: nn.Module) -> nn.Module:

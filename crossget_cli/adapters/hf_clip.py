@@ -105,7 +105,9 @@ class _ReducingVisionTower:
             if index in wanted:
                 hidden[index] = h
 
-        x = run_tower(x, encoder, "cross_image", encoder.layers, self.crossget_block, tower_state(encoder), keep)
+        x = run_tower(
+            x, encoder, "cross_image", encoder.layers, self.crossget_block, tower_state(encoder), keep if wanted else None
+        )
         out = _output(x, self.post_layernorm(x[:, 0]))
         out.hidden_states = tuple(hidden) if wanted else None
         return out

@@ -451,6 +451,15 @@ def profile(
     dtype: Annotated[str, typer.Option("--dtype", help="fp32, fp16 or bf16.")] = "fp32",
     threads: Annotated[Optional[int], typer.Option("--threads", help="torch.set_num_threads while profiling.")] = None,
     compile_: Annotated[bool, typer.Option("--compile", help="Run the encoders through torch.compile.")] = False,
+    cuda_graphs: Annotated[
+        bool,
+        typer.Option(
+            "--cuda-graphs",
+            help="Time CUDA-graph replays of the encoder forwards (original and compressed alike), captured once per "
+            "run, tower and batch size. Needs --device cuda; not with --compile. MACs, memory and matching time stay "
+            "eager, and so does --generation timing.",
+        ),
+    ] = False,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed forwards per setting and batch size.")] = 3,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed forwards per setting and batch size (median reported).")] = 10,
     towers: Annotated[str, typer.Option("--towers", help="both, image or text.")] = "both",
@@ -462,7 +471,7 @@ def profile(
         typer.Option(
             "--generation/--no-generation",
             help="Generative models (BLIP captioning/VQA, BLIP-2, LLaVA): also time prefill, decode and end-to-end generation "
-            "(default: on for them).",
+            "(default: on for them; always eager, also with --cuda-graphs).",
         ),
     ] = None,
     new_tokens: Annotated[int, typer.Option("--new-tokens", help="Tokens generated per item when timing generation.")] = 20,
@@ -479,9 +488,11 @@ def profile(
     from ..api import reduction_config
     from ..tasks.loading import load_model
     from ..tasks.files import write_atomic
-    from ..tasks.profile import ProfileConfig, plot_report, profile_model
+    from ..tasks.profile import ProfileConfig, check_cuda_graphs, plot_report, profile_model
     from .render import profile_table, progress_bar
 
+    if cuda_graphs:  # refused before a model is loaded
+        check_cuda_graphs(device, compile_)
     vision_sweep, text_sweep = parse_sweep("--vision-r", vision_r), parse_sweep("--text-r", text_r)
     accuracy_data = _read_json(accuracy, "--accuracy") if accuracy else None
     loaded = load_model(model, pretrained)
@@ -500,6 +511,7 @@ def profile(
         dtype=dtype,
         threads=threads,
         compile=compile_,
+        cuda_graphs=cuda_graphs,
         warmup=warmup,
         repeats=repeats,
         towers=towers,

@@ -72,6 +72,9 @@ def profile_table(report: dict) -> Table:
         f"{report['model']} | {report['device']} {report['dtype']} | {report['threads']} threads | "
         f"median of {report['repeats']} after {report['warmup']} warm-up"
     )
+    mode = [name for name, key in (("torch.compile", "compile"), ("CUDA graphs", "cuda_graphs")) if report.get(key)]
+    if mode:
+        title += " | " + ", ".join(mode)
     table = Table(title=title)
     for header in ("run", "image GMACs", "text GMACs", "pair GMACs", "GMACs ratio"):
         table.add_column(header, justify="right")

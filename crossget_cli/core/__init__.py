@@ -1,5 +1,6 @@
 """The CrossGET algorithm as pure tensor functions (no model code, no I/O)."""
 
+from . import constants
 from .matching import (
     MergePlan,
     attention_importance,

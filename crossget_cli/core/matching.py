@@ -1,9 +1,16 @@
-"""Complete-graph soft matching with cross-guided importance (SPEC §1).
+"""Complete-graph soft matching with cross-guided importance (SPEC §1), and
+ToMe's bipartite matching, as merge plans.
 
-Pure tensor functions: no modules, no model code, no global state. Shapes are
-batch-first: ``N`` samples, ``T`` tokens, ``C`` channels. Every decision is
-taken in float32 under ``no_grad`` whatever the model's dtype, so it does not
-depend on autocast or on the rest of the batch.
+Pure tensor functions: no modules, no model code, no global state beyond the
+cached constants of :mod:`.constants`. Shapes are batch-first: ``N`` samples,
+``T`` tokens, ``C`` channels. Every decision is taken in float32 under
+``no_grad`` whatever the model's dtype, so it does not depend on autocast or on
+the rest of the batch.
+
+Both matchers are written for a GPU: a fixed number of batched ops per step
+(no Python loop over samples, no host syncs, static shapes for a fixed r), and
+the masks that depend only on the token count are cached constants folded
+into the similarity product (``baddbmm``).
 """
 
 from __future__ import annotations
@@ -12,37 +19,85 @@ from dataclasses import dataclass
 
 import torch
 
-NEG_INF = float("-inf")
+from . import constants
+from .constants import NEG_INF
 
 
 @dataclass(frozen=True)
 class MergePlan:
-    """Which tokens merge where, for one reduction step of a whole batch.
+    """Where every token of one reduction step goes, for a whole batch.
 
-    All index tensors are int64 and index the ``T`` tokens of the step's input.
+    The step's output keeps ``T - r`` tokens in ascending original order; token
+    ``t`` contributes ``c_t x_t + (1 - c_t) x_dst(t)`` (values weighted by size) to
+    output slot ``slot[t]``, where ``dst(t)`` is the kept token it merges into
+    (itself when kept, so a kept token contributes its own value: ``c = 1``).
 
     Attributes:
-        src_idx: ``[N, r]`` tokens that are merged away, lowest score first.
-        keep_idx: ``[N, T - r]`` tokens that stay, in ascending original order:
-            the layout of the step's output.
-        dst_slot: ``[N, r]`` for each source, the position in ``keep_idx`` of the
-            token it merges into.
-        weight: ``[N, r, 2]`` float32 softmax over (source, destination) importance.
+        src_idx: ``[N, r]`` int64 tokens merged away, lowest score first.
+        slot: ``[N, T]`` int64 output position each token goes to.
+        dst: ``[N, T]`` int64 original index of the token each token merges into.
+        source_weight: ``[N, T]`` float32 ``c``: twice the source's share of the
+            pair softmax, 1 for kept tokens; ``None`` when every ``c`` is 1 (a
+            plain sum, ToMe).
     """
 
     src_idx: torch.Tensor
-    keep_idx: torch.Tensor
-    dst_slot: torch.Tensor
-    weight: torch.Tensor
+    slot: torch.Tensor
+    dst: torch.Tensor
+    source_weight: torch.Tensor | None = None
 
     @property
     def r(self) -> int:
         return self.src_idx.shape[1]
 
     @property
+    def num_tokens(self) -> int:
+        return self.slot.shape[1]
+
+    @property
+    def num_kept(self) -> int:
+        return self.num_tokens - self.r
+
+    @property
+    def keep_idx(self) -> torch.Tensor:
+        """``[N, T - r]`` kept tokens in ascending order (the output layout)."""
+        merged = self.dst != constants.arange(self.num_tokens, self.dst.device)
+        return merged.to(torch.uint8).sort(dim=1, stable=True).indices[:, : self.num_kept]
+
+    @property
     def dst_idx(self) -> torch.Tensor:
         """``[N, r]`` original index of each source's destination."""
-        return self.keep_idx.gather(1, self.dst_slot)
+        return self.dst.gather(1, self.src_idx)
+
+    @property
+    def dst_slot(self) -> torch.Tensor:
+        """``[N, r]`` output position of each source's destination."""
+        return self.slot.gather(1, self.src_idx)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """``[N, r, 2]`` float32 softmax over (source, destination) importance."""
+        if self.source_weight is None:
+            return torch.full((*self.src_idx.shape, 2), 0.5, device=self.src_idx.device)
+        share = self.source_weight.gather(1, self.src_idx) / 2
+        return torch.stack([share, 1 - share], dim=-1)
+
+    @classmethod
+    def from_pairs(
+        cls, src_idx: torch.Tensor, dst_idx: torch.Tensor, num_tokens: int, weight: torch.Tensor | None = None
+    ) -> "MergePlan":
+        """The plan merging ``src_idx[n, j]`` into ``dst_idx[n, j]`` (``[N, r]``
+        int64 original indices) with pair weights ``weight`` (``[N, r, 2]``, the
+        source's first; ``None``: a plain sum)."""
+        n, device = src_idx.shape[0], src_idx.device
+        index = constants.arange(num_tokens, device).expand(n, num_tokens)
+        kept = torch.ones(n, num_tokens, dtype=torch.bool, device=device).scatter_(1, src_idx, False)
+        dst = index.scatter(1, src_idx, dst_idx)
+        slot = (kept.cumsum(dim=1) - 1).gather(1, dst)
+        source_weight = None
+        if weight is not None:
+            source_weight = torch.ones(n, num_tokens, device=device).scatter_(1, src_idx, 2 * weight[..., 0].float())
+        return cls(src_idx, slot, dst, source_weight)
 
 
 def clamp_r(r: int, num_tokens: int, num_protected: int, bipartite: bool = False) -> int:
@@ -57,27 +112,22 @@ def clamp_r(r: int, num_tokens: int, num_protected: int, bipartite: bool = False
 
 def protected_indices(batch: int, num_tokens: int, pooled_idx: torch.Tensor | None, device) -> torch.Tensor:
     """``[N, P]`` indices never merged: position 0 (CLS/SOT), the last slot (the
-    cross token) and, for text, the pooled EOT position ``pooled_idx`` (``[N]``)."""
-    # arange rather than torch.tensor: no host-to-device copy on every layer.
+    cross token) and, for text, the pooled EOT position ``pooled_idx`` (``[N]``).
+    The matchers protect 0 and ``T - 1`` themselves; this is for inspection."""
     fixed = torch.arange(0, num_tokens, max(num_tokens - 1, 1), device=device)[:2].expand(batch, -1)
     if pooled_idx is None:
         return fixed
     return torch.cat([fixed, pooled_idx.view(batch, 1).to(device)], dim=1)
 
 
-def _masked_similarity(unit: torch.Tensor, protected: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity ``[N, T, T]`` of unit-norm keys, symmetrised, with the
-    diagonal and the rows and columns of protected tokens set to -inf."""
-    sim = unit @ unit.transpose(1, 2)
-    # Bit-exact where the product was already symmetric; elsewhere it makes the
-    # tie-breaks of mutual-best pairs independent of the BLAS kernel (SPEC §1).
-    sim = torch.add(sim, sim.transpose(1, 2)).mul_(0.5)
+def _protect(sim: torch.Tensor, protected: torch.Tensor | None) -> None:
+    """Set the rows and columns of the ``[N, P]`` tokens ``protected`` to -inf."""
+    if protected is None:
+        return
     n, t, _ = sim.shape
-    sim.diagonal(dim1=1, dim2=2).fill_(NEG_INF)
     rows = protected[:, :, None].expand(n, protected.shape[1], t)
     sim.scatter_(1, rows, NEG_INF)
     sim.scatter_(2, rows.transpose(1, 2), NEG_INF)
-    return sim
 
 
 @torch.no_grad()
@@ -85,7 +135,7 @@ def complete_graph_matching(
     metric: torch.Tensor,
     guide: torch.Tensor | None,
     r: int,
-    protected: torch.Tensor,
+    protected: torch.Tensor | None = None,
     importance: torch.Tensor | None = None,
 ) -> MergePlan:
     """Choose ``r`` source tokens per sample and the kept token each merges into.
@@ -94,7 +144,9 @@ def complete_graph_matching(
         metric: ``[N, T, C]`` keys of the step (full width, bias included).
         guide: ``[N, C]`` the guide query (the cross token's, or the text EOT's).
         r: tokens to remove; must already be clamped with :func:`clamp_r`.
-        protected: ``[N, P]`` indices that are neither sources nor destinations.
+        protected: optional ``[N, P]`` indices that are neither sources nor
+            destinations besides token 0 (CLS/SOT) and token ``T - 1`` (the cross
+            slot), which always are (text passes its EOT position).
         importance: optional ``[N, T]`` importance of each token, used instead of
             the cosine to ``guide`` (LLaVA's attention-based importance, SPEC §6).
 
@@ -102,41 +154,45 @@ def complete_graph_matching(
     similarity to a token ranked after it in the complete graph, so the least
     important token of the most redundant pair is removed first.
     """
+    n, t, _ = metric.shape
+    bias = constants.guided_protection_bias(t, metric.device)
+    if importance is None:
+        # The guide rides along as key T: one product gives the similarities
+        # and every token's cosine to the guide (column T, unmasked).
+        metric = torch.cat([metric, guide[:, None].to(metric.dtype)], dim=1)
+    else:
+        bias = bias[:t, :t]
     metric = metric.float()
     unit = metric / metric.norm(dim=-1, keepdim=True)
-    sim = _masked_similarity(unit, protected)
-    if importance is None:
-        guide = guide.float()
-        importance = unit @ (guide / guide.norm(dim=-1, keepdim=True))[:, :, None]  # [N, T, 1]
-    else:
-        importance = importance.float()[:, :, None]
+    product = torch.baddbmm(bias[:t], unit[:, :t], unit.transpose(1, 2))  # [N, T, T (+ 1)]
+    importance = product[:, :, t] if importance is None else importance.float()
+    # Symmetrised (S + S^T, twice the mean: order and ties are those of the
+    # mean): bit-exact where the product was already symmetric; elsewhere it
+    # makes the tie-breaks of mutual-best pairs independent of the BLAS kernel.
+    product = product[:, :, :t]
+    sim = torch.add(product, product.transpose(1, 2))
+    _protect(sim, protected)
 
     # Rank tokens by their best edge; a token may only pair with tokens ranked
     # after it, so only one member of a mutual-best pair can become a source.
     # The [N, T, 1] layout and the sort calls follow the reference so that ties
     # break the same way.
-    order = sim.max(dim=-1, keepdim=True).values.argsort(dim=1, descending=True)
-    rank = torch.empty_like(order).scatter_(
-        1, order, torch.arange(order.shape[1], device=order.device).view(1, -1, 1).expand_as(order)
-    )
-    not_later = rank.transpose(1, 2) <= rank  # [N, T, T]: j ranked at or before i
-    best_later = sim.masked_fill(not_later, NEG_INF).max(dim=-1, keepdim=True).values
-    ranked = (importance - best_later).argsort(dim=1)[..., 0]  # [N, T]
+    order = sim.amax(dim=-1, keepdim=True).argsort(dim=1, descending=True)
+    steps = constants.arange(t, metric.device).view(1, t, 1).expand(n, t, 1)
+    rank = torch.empty_like(order).scatter_(1, order, steps)
+    best_later = sim.masked_fill(rank.transpose(1, 2) <= rank, NEG_INF).amax(dim=-1, keepdim=True)
+    ranked = torch.sub(importance[:, :, None], best_later, alpha=0.5).argsort(dim=1)[..., 0]
 
-    src_idx, ranked_keep = ranked[:, :r], ranked[:, r:]
-    t = sim.shape[1]
-    src_rows = sim.gather(1, src_idx[:, :, None].expand(-1, -1, t))
-    ranked_dst_pos = src_rows.gather(2, ranked_keep[:, None, :].expand(-1, r, -1)).argmax(dim=-1)
-
-    importance = importance[..., 0]
-    dst_idx = ranked_keep.gather(1, ranked_dst_pos)
-    weight = torch.stack([importance.gather(1, src_idx), importance.gather(1, dst_idx)], dim=-1).softmax(dim=-1)
-
-    keep_idx = ranked_keep.sort(dim=1).values
-    is_kept = torch.ones_like(importance, dtype=torch.long).scatter_(1, src_idx, 0)
-    slot_of = is_kept.cumsum(dim=1) - 1  # position of each kept token in keep_idx
-    dst_slot = slot_of.gather(1, dst_idx)
-    return MergePlan(src_idx, keep_idx, dst_slot, weight)
+    src_idx = ranked[:, :r]
+    keep_idx = ranked[:, r:].sort(dim=1).values
+    # Each source merges into its most similar kept token; with +inf on the
+    # diagonal, the same argmax puts every kept token in its own slot.
+    sim.diagonal(dim1=1, dim2=2).fill_(float("inf"))
+    slot = sim.gather(2, keep_idx[:, None, :].expand(n, t, t - r)).argmax(dim=-1)
+    dst = keep_idx.gather(1, slot)
+    # Pair softmax (a_s, a_dst) as a sigmoid of the difference; 1 for kept tokens.
+    source_weight = torch.sigmoid(importance - importance.gather(1, dst)).mul_(2)
+    return MergePlan(src_idx, slot, dst, source_weight)
 
 
 def token_schedule(num_tokens: int, rs: "list[int] | tuple[int, ...]", num_protected: int, bipartite: bool = False) -> list[int]:
@@ -149,38 +205,35 @@ def token_schedule(num_tokens: int, rs: "list[int] | tuple[int, ...]", num_prote
 
 
 @torch.no_grad()
-def bipartite_matching(metric: torch.Tensor, r: int, protected: torch.Tensor) -> MergePlan:
+def bipartite_matching(metric: torch.Tensor, r: int, protected: torch.Tensor | None = None) -> MergePlan:
     """ToMe's bipartite soft matching (Bolya et al., 2023), as a :class:`MergePlan`.
 
     Tokens alternate into sets A (even positions) and B (odd). Each A token's
     best cosine match in B is an edge; the ``r`` strongest edges merge their A
-    token into its B partner. Protected tokens are neither merged away nor
-    merged into. The weights are (0.5, 0.5), which makes :func:`ensemble_merge`
-    the size-weighted average of ToMe's ``merge_wavg``.
+    token into its B partner. Token 0 (CLS/SOT) and the ``[N, P]`` tokens
+    ``protected`` (text: EOT) are neither merged away nor merged into. The merge
+    is a plain sum, which makes :func:`~.merge.ensemble_merge` the size-weighted
+    average of ToMe's ``merge_wavg``.
 
     Args:
         metric: ``[N, T, C]`` keys (ToMe averages them over heads).
         r: tokens to remove; must already be clamped with :func:`clamp_r`.
-        protected: ``[N, P]`` indices that are never merged.
+        protected: optional ``[N, P]`` further indices that are never merged.
     """
+    n, t, _ = metric.shape
     metric = metric.float()
     unit = metric / metric.norm(dim=-1, keepdim=True)
-    n, t, _ = unit.shape
-    a_idx = torch.arange(0, t, 2, device=unit.device)
-    b_idx = torch.arange(1, t, 2, device=unit.device)
-    scores = unit[:, 0::2] @ unit[:, 1::2].transpose(1, 2)  # [N, A, B]
-    is_protected = torch.zeros(n, t, dtype=torch.bool, device=unit.device).scatter_(1, protected, True)
-    scores = scores.masked_fill(is_protected[:, 0::2, None], NEG_INF).masked_fill(is_protected[:, None, 1::2], NEG_INF)
-    best, partner = scores.max(dim=-1)  # [N, A]
+    # Edges over all T tokens, the non-bipartite ones masked by a cached bias:
+    # every index below is then an original token index.
+    scores = torch.baddbmm(constants.bipartite_bias(t, metric.device), unit, unit.transpose(1, 2))
+    _protect(scores, protected)
+    best, partner = scores.max(dim=-1)  # [N, T]; -inf for B and protected tokens
     order = best.argsort(dim=-1, descending=True)
-    src_idx = a_idx[order[:, :r]]
-    dst_idx = b_idx[partner.gather(1, order[:, :r])]
-
-    is_kept = torch.ones(n, t, dtype=torch.long, device=unit.device).scatter_(1, src_idx, 0)
-    keep_idx = (1 - is_kept).argsort(dim=1, stable=True)[:, : t - r]  # kept first, ascending; no host sync
-    dst_slot = (is_kept.cumsum(dim=1) - 1).gather(1, dst_idx)
-    weight = torch.full((n, r, 2), 0.5, device=unit.device)
-    return MergePlan(src_idx, keep_idx, dst_slot, weight)
+    index = constants.arange(t, metric.device).expand(n, t)
+    kept = torch.empty_like(order).scatter_(1, order, index) >= r
+    slot = kept.cumsum(dim=1) - 1
+    dst = torch.where(kept, index, partner)
+    return MergePlan(order[:, :r], slot.gather(1, dst), dst)
 
 
 def attention_importance(weights: torch.Tensor) -> torch.Tensor:

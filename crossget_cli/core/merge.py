@@ -4,37 +4,32 @@ Token sizes ``[N, T, 1]`` and text token ids ``[N, T]`` are float32 whatever the
 model dtype: under fp16/bf16 the SOT and EOT ids of CLIP's vocabulary round to
 the same value.
 
-Merged values are accumulated in float32, in source order, and rounded to the
-model dtype once. The accumulation is ``index_put_(accumulate=True)``, which CUDA
-runs as a sorted (deterministic) reduction; ``scatter_add_`` would use atomics,
-whose order, and so the rounding when several sources share a destination,
-changes from run to run: the same model and batch would give other features.
+The merge is one batched product with a ``[N, T, T - r]`` one-hot membership
+matrix (rows of a cached identity): deterministic on every device (no atomics,
+unlike ``scatter_add_``, whose order, and so the rounding when several sources
+share a destination, changes from run to run on CUDA), a tensor-core matmul on
+a GPU, and a fixed handful of ops. Hidden states stay in the model dtype (the
+product accumulates in float32 on tensor cores); sizes and ids in float32.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
+from . import constants
 from .matching import MergePlan
 
 
-def _expand(idx: torch.Tensor, channels: int) -> torch.Tensor:
-    return idx[:, :, None].expand(-1, -1, channels)
-
-
-def _add_into(kept: torch.Tensor, slot: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """``kept[n, slot[n, j]] += values[n, j]`` for every source ``j`` (in place),
-    deterministically on every device (see the module docstring)."""
-    rows = torch.arange(kept.shape[0], device=kept.device)[:, None].expand_as(slot)
-    return kept.index_put_((rows, slot), values, accumulate=True)
+def membership(plan: MergePlan, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``[N, T, T - r]`` one-hot matrix: 1 where token ``t`` goes to output slot ``k``."""
+    return F.embedding(plan.slot, constants.eye(plan.num_kept, plan.slot.device, dtype))
 
 
 def merge_sum(values: torch.Tensor, plan: MergePlan) -> torch.Tensor:
-    """Plain sum merge of ``[N, T, C]`` values into ``[N, T - r, C]``: each source
-    is added to its destination (sizes, size-weighted ids)."""
-    c = values.shape[-1]
-    kept = values.gather(1, _expand(plan.keep_idx, c))
-    return _add_into(kept, plan.dst_slot, values.gather(1, _expand(plan.src_idx, c)))
+    """Plain sum merge of ``[N, T, C]`` float values into ``[N, T - r, C]``: each
+    output token is the sum of its members (sizes, size-weighted ids)."""
+    return membership(plan, values.dtype).transpose(1, 2) @ values
 
 
 def ensemble_merge(
@@ -48,7 +43,9 @@ def ensemble_merge(
     With ``X = size * x`` and per pair weights ``(w, w̄)``, a kept token ``k``
     becomes ``X_k + Σ_s [2 w_s X_s + (2 w̄_s - 1) X_k]`` divided by its new size
     (the reference rule, reproduced literally: not convex when sizes differ).
-    ``X_k`` is always the value before any source was added.
+    ``X_k`` is always the value before any source was added. Each source's term
+    is ``lerp(X_k, X_s, 2 w_s)``; a kept token's own term is ``X_k``; summing the
+    members of each output slot is the product with :func:`membership`.
 
     Args:
         x: ``[N, T, C]`` hidden states in the model dtype.
@@ -60,19 +57,20 @@ def ensemble_merge(
     Returns:
         ``(x, sizes, token_ids)`` with ``T - r`` tokens in original order.
     """
-    c = x.shape[-1]
+    weighted = x if sizes is None else x * sizes.to(x.dtype)
+    if plan.source_weight is not None:
+        partner = weighted.gather(1, plan.dst[:, :, None].expand_as(weighted))
+        weighted = torch.lerp(partner, weighted, plan.source_weight[:, :, None].to(x.dtype))
+    members = membership(plan)
     if sizes is None:
-        sizes = x.new_ones(x.shape[0], x.shape[1], 1, dtype=torch.float32)
-        weighted = x.float()
+        new_sizes = members.sum(dim=1)[:, :, None]
     else:
-        weighted = x.float() * sizes
-    weight = 2 * plan.weight
-    src = weighted.gather(1, _expand(plan.src_idx, c))
-    dst = weighted.gather(1, _expand(plan.dst_idx, c))
-    contribution = weight[..., 0:1] * src + (weight[..., 1:2] - 1) * dst
-    merged = _add_into(weighted.gather(1, _expand(plan.keep_idx, c)), plan.dst_slot, contribution)
-
-    new_sizes = merge_sum(sizes, plan)
+        new_sizes = members.transpose(1, 2) @ sizes
+    if x.dtype == torch.float32:
+        merged = (members.transpose(1, 2) @ weighted) / new_sizes
+    else:
+        merged = (membership(plan, x.dtype).transpose(1, 2) @ weighted) / new_sizes.to(x.dtype)
     if token_ids is not None:
-        token_ids = (merge_sum((token_ids[..., None] * sizes), plan) / new_sizes)[..., 0]
-    return (merged / new_sizes).to(x.dtype), new_sizes, token_ids
+        ids = token_ids[:, :, None] if sizes is None else token_ids[:, :, None] * sizes
+        token_ids = ((members.transpose(1, 2) @ ids) / new_sizes)[..., 0]
+    return merged, new_sizes, token_ids

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .matching import MergePlan, bipartite_matching, clamp_r, complete_graph_matching, protected_indices
+from . import constants
+from .matching import MergePlan, bipartite_matching, clamp_r, complete_graph_matching
 from .merge import ensemble_merge, merge_sum
 
 
@@ -74,6 +75,22 @@ def publish_cross_tokens(modality: str, tokens: list[torch.Tensor]) -> None:
         sink[modality].append(torch.cat(tokens))
 
 
+def _at(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[n, index[n]]`` for ``[N, T, C]`` ``x`` and ``[N]`` ``index``: ``[N, C]``."""
+    return x.gather(1, index.view(-1, 1, 1).expand(-1, 1, x.shape[-1]))[:, 0]
+
+
+def _aligned(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
+    """An uninitialised tensor of ``shape`` whose last dimension is stored padded
+    to a multiple of 8 elements (a view of the first ``shape[-1]``); ``None``
+    under torch.compile, which lays out its buffers itself (and cannot trace
+    ``out=`` into a view)."""
+    if constants.compiling():
+        return None
+    padded = -(-shape[-1] // 8) * 8
+    return like.new_empty((*shape[:-1], padded)).narrow(-1, 0, shape[-1])
+
+
 @dataclass
 class TokenState:
     """Bookkeeping for one forward of one tower, batch-first.
@@ -120,15 +137,18 @@ class TokenState:
         """CLS/SOT, the cross slot (CrossGET only) and EOT (text)."""
         return 1 + (self.method == "crossget") + (self.pooled_idx is not None)
 
-    def inject_cross(self, x: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
+    def inject_cross(self, x: torch.Tensor, cross: torch.Tensor, in_place: bool = False) -> torch.Tensor:
         """Overwrite the last slot with ``sg(g) + cross`` (SPEC §3): ``g`` is the
-        previous cross token for vision and the current EOT token for text."""
-        n = x.shape[0]
-        if self.pooled_idx is None:
-            guide = x[:, -1]
-        else:
-            guide = x[torch.arange(n, device=x.device), self.pooled_idx]
-        token = guide.detach() + cross.to(x.dtype)
+        previous cross token for vision and the current EOT token for text.
+        ``in_place`` (vision, when nothing else holds ``x`` and no gradient is
+        needed) adds ``cross`` to the slot of ``x`` itself: one op instead of two."""
+        cross = cross.to(x.dtype)
+        if in_place and self.pooled_idx is None:
+            token = x[:, -1].add_(cross)
+            self.cross_inputs.append(token)
+            return x
+        guide = x[:, -1] if self.pooled_idx is None else _at(x, self.pooled_idx)
+        token = guide.detach() + cross
         self.cross_inputs.append(token)
         return torch.cat([x[:, :-1], token[:, None]], dim=1)
 
@@ -137,24 +157,39 @@ class TokenState:
         ``log(size)`` of each key for proportional attention (SPEC §7), plus the
         causal triangle for text. While every size is 1 there is no bias, and a
         causal tower gets ``None`` (run with ``is_causal``) unless
-        ``explicit_causal`` asks for the triangle as a mask."""
-        t = x.shape[1]
-        if self.valid is not None:
-            padding = torch.zeros(self.valid.shape, device=x.device, dtype=x.dtype).masked_fill_(~self.valid, float("-inf"))
-            padding = padding.view(x.shape[0], 1, 1, t)
-            bias = self._size_bias(x, explicit_causal)
-            return padding if bias is None else bias + padding
-        return self._size_bias(x, explicit_causal)
-
-    def _size_bias(self, x: torch.Tensor, explicit_causal: bool) -> torch.Tensor | None:
-        t = x.shape[1]
+        ``explicit_causal`` asks for the triangle as a mask. The mask has the
+        query's dtype, and its rows are laid out 8-aligned, so SDPA's
+        memory-efficient kernel takes it without padding a copy."""
+        n, t = x.shape[0], x.shape[1]
         causal = None
         if self.causal and (self.sizes is not None or explicit_causal):
-            causal = torch.full((t, t), float("-inf"), device=x.device, dtype=x.dtype).triu_(1)
+            causal = constants.causal_mask(t, x.device, x.dtype)
+        parts = [p for p in (causal, self._log_sizes(x), self._padding(x)) if p is not None]
+        if not parts:
+            return None
+        if len(parts) == 1:
+            return parts[0].expand(n, 1, t, t) if parts[0] is causal else parts[0]
+        rows = t if causal is not None else 1
+        out = _aligned((n, 1, rows, t), x)
+        out = torch.add(parts[0], parts[1]) if out is None else torch.add(parts[0], parts[1], out=out)
+        for part in parts[2:]:
+            out = out.add_(part)
+        return out
+
+    def _log_sizes(self, x: torch.Tensor) -> torch.Tensor | None:
         if self.sizes is None:
-            return None if causal is None else causal.expand(x.shape[0], 1, t, t)
-        bias = self.sizes.log().to(x.dtype).view(x.shape[0], 1, 1, t)
-        return bias if causal is None else bias + causal
+            return None
+        shape = (x.shape[0], 1, 1, x.shape[1])
+        out = _aligned(shape, x)
+        if out is None:
+            return self.sizes.view(shape).log().to(x.dtype)
+        return torch.log(self.sizes.view(shape), out=out)
+
+    def _padding(self, x: torch.Tensor) -> torch.Tensor | None:
+        if self.valid is None:
+            return None
+        padding = torch.zeros(self.valid.shape, device=x.device, dtype=x.dtype).masked_fill_(~self.valid, float("-inf"))
+        return padding.view(x.shape[0], 1, 1, x.shape[1])
 
     def clamped_r(self, r: int, num_tokens: int) -> int:
         """The r this state's next reduction step of ``num_tokens`` tokens uses."""
@@ -188,25 +223,21 @@ class TokenState:
         self, x: torch.Tensor, keys: torch.Tensor, queries: torch.Tensor | None, r: int, num_heads: int, importance
     ) -> torch.Tensor:
         n, t, _ = x.shape
+        eot = None if self.pooled_idx is None else self.pooled_idx.view(n, 1)
         if self.method == "tome":
-            protected = torch.zeros(n, 1, dtype=torch.long, device=x.device)
-            if self.pooled_idx is not None:
-                protected = torch.cat([protected, self.pooled_idx.view(n, 1)], dim=1)
-            plan = bipartite_matching(keys.view(n, t, num_heads, -1).mean(dim=2), r, protected)
+            plan = bipartite_matching(keys.view(n, t, num_heads, -1).mean(dim=2), r, eot)
         else:
-            protected = protected_indices(n, t, self.pooled_idx, x.device)
             guide = None
             if importance is None:
-                rows = torch.arange(n, device=x.device)
-                guide = queries[:, -1] if self.pooled_idx is None else queries[rows, self.pooled_idx]
-            plan = complete_graph_matching(keys, guide, r, protected, importance=importance)
+                guide = queries[:, -1] if eot is None else _at(queries, self.pooled_idx)
+            plan = complete_graph_matching(keys, guide, r, eot, importance=importance)
         if self.trace is not None:
             self.last_plan = plan
         x, self.sizes, self.token_ids = ensemble_merge(x, self.sizes, plan, self.token_ids)
         if self.valid is not None:
             self.valid = merge_sum(self.valid[..., None].float(), plan)[..., 0] > 0
-        if self.pooled_idx is not None:
-            self.pooled_idx = (plan.keep_idx < self.pooled_idx[:, None]).sum(dim=1)
+        if eot is not None:
+            self.pooled_idx = plan.slot.gather(1, eot)[:, 0]  # EOT is kept: its own slot
         return x
 
     @property

@@ -16,13 +16,17 @@ FLOPs = 2 x MACs). What is counted, as fvcore's default handles do:
   adaptive average pooling, upsampling and grid sampling, as fvcore does.
 
 Not counted, as in fvcore: softmax, activations, additions, scaling, the L2
-norms of the matcher, gathers/scatters of the merge.
+norms of the matcher, and the merge (:mod:`crossget_cli.core.merge`): the
+reference gathers and scatters, which fvcore counts as 0; ours runs as one-hot
+products for speed on a GPU, which are bookkeeping of the same merge and left
+out so that the counts stay comparable with the paper's.
 
 The counter is a ``TorchDispatchMode`` that exists only inside
 :func:`count_macs`: a normal forward pays nothing. MACs of ops executed (at any
-depth) inside :func:`crossget_cli.core.matching.complete_graph_matching` are
-attributed to the kind ``"matching"`` by looking at the Python call stack of
-each counted op, again only while counting.
+depth) inside a matcher (:func:`crossget_cli.core.matching.complete_graph_matching`,
+ToMe's :func:`~crossget_cli.core.matching.bipartite_matching`) are attributed to
+the kind ``"matching"`` by looking at the Python call stack of each counted op,
+again only while counting.
 """
 
 from __future__ import annotations
@@ -42,10 +46,12 @@ KINDS = ("linear", "attention", "conv", "matching", "other")
 
 aten = torch.ops.aten
 
-# The matcher's code is recognised by function name and file, so that a
+# The algorithm's code is recognised by function name and file, so that a
 # reloaded module or a decorator wrapping it does not hide it.
-_MATCHING_FUNCTION = "complete_graph_matching"
-_MATCHING_FILE_SUFFIX = ("core", "matching.py")
+_CORE_FUNCTIONS = {
+    "matching": (("complete_graph_matching", "bipartite_matching"), ("core", "matching.py")),
+    "merge": (("ensemble_merge", "merge_sum"), ("core", "merge.py")),
+}
 
 
 def _shape(t) -> list[int]:
@@ -271,15 +277,19 @@ class MacsCount:
         }
 
 
-def _in_matching(frame) -> bool:
+def _core_kind(frame) -> str | None:
+    """``"matching"`` for an op run (at any depth) inside a matcher of
+    :mod:`crossget_cli.core.matching`, ``"merge"`` inside the merge of
+    :mod:`crossget_cli.core.merge`, else ``None``."""
     while frame is not None:
         code = frame.f_code
-        if code.co_name == _MATCHING_FUNCTION:
-            parts = code.co_filename.replace("\\", "/").rsplit("/", 2)
-            if tuple(parts[-2:]) == _MATCHING_FILE_SUFFIX:
-                return True
+        for kind, (names, suffix) in _CORE_FUNCTIONS.items():
+            if code.co_name in names:
+                parts = code.co_filename.replace("\\", "/").rsplit("/", 2)
+                if tuple(parts[-2:]) == suffix:
+                    return kind
         frame = frame.f_back
-    return False
+    return None
 
 
 class _MacCounterMode(TorchDispatchMode):
@@ -307,9 +317,11 @@ class _MacCounterMode(TorchDispatchMode):
                 return result
             return func(*args, **kwargs)
         out = func(*args, **kwargs)
-        matching = _in_matching(sys._getframe(1))
+        core = _core_kind(sys._getframe(1))
+        if core == "merge":
+            return out
         for kind, macs in formula(args, kwargs, out):
-            self.count.add("matching" if matching else kind, macs)
+            self.count.add(core or kind, macs)
         return out
 
 

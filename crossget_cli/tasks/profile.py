@@ -13,6 +13,10 @@ Plain Python (no printing, no CLI). :func:`profile_model` measures, per tower
 * time spent in CrossGET's reduction step (matching + merging) in one profiled
   forward, and its fraction of that forward.
 
+With ``cuda_graphs`` the timed forwards (original and compressed alike) are CUDA
+graph replays (:mod:`.cuda_graphs`), captured once per setting, tower and batch
+size; MACs, memory and the reduction time still come from eager forwards.
+
 All settings are measured in the same process and **interleaved**: every
 repeat times each setting once (in a rotating order), so machine noise hits
 the original and the compressed models alike. Ratios to the original are
@@ -38,6 +42,7 @@ from ..api import patch, unpatch
 from ..config import METHODS, plain_r, validate_r
 from ..errors import CrossGetError
 from ..core.state import REDUCE_LABEL
+from .cuda_graphs import capture_graph, require_cuda_graphs
 from .flops import model_macs
 from .loading import DTYPES
 from .report import tokens_per_layer
@@ -49,6 +54,7 @@ __all__ = [
     "ProfileConfig",
     "ProfileReport",
     "RunResult",
+    "check_cuda_graphs",
     "plot_report",
     "profile_model",
     "tokens_per_layer",
@@ -100,6 +106,18 @@ def _check_device(device: str) -> str:
     return device.strip().lower()
 
 
+def check_cuda_graphs(device: str, compile: bool = False) -> None:
+    """Raise :class:`CrossGetError` unless CUDA graphs can time the forwards on
+    ``device`` (a CUDA device, CUDA available, not combined with ``compile``).
+    The CLI calls it before loading a model."""
+    if compile:
+        raise CrossGetError(
+            "--cuda-graphs and --compile cannot be combined",
+            "pick one of them: CUDA graphs replay the eager forward",
+        )
+    require_cuda_graphs(_check_device(device))
+
+
 @dataclass(frozen=True)
 class ProfileConfig:
     """What :func:`profile_model` measures.
@@ -114,6 +132,9 @@ class ProfileConfig:
         dtype: ``"fp32"``, ``"fp16"`` or ``"bf16"``: the copies are cast to it.
         threads: ``torch.set_num_threads`` during profiling (``None``: unchanged).
         compile: run the encoders through ``torch.compile``.
+        cuda_graphs: time CUDA-graph replays of the encoder forwards (captured
+            once per setting, tower and batch size) instead of eager calls;
+            needs a CUDA device, excludes ``compile``.
         warmup: untimed forwards per setting, tower and batch size.
         repeats: timed forwards per setting, tower and batch size.
         towers: ``"both"``, ``"image"`` or ``"text"``.
@@ -131,6 +152,7 @@ class ProfileConfig:
     repeats: int = 10
     towers: str = "both"
     method: str = "crossget"
+    cuda_graphs: bool = False
 
     def __post_init__(self):
         setattr_ = functools.partial(object.__setattr__, self)
@@ -166,6 +188,9 @@ class ProfileConfig:
         if self.towers not in TOWER_CHOICES:
             raise CrossGetError(f"unknown towers {self.towers!r}", f"choose one of: {', '.join(TOWER_CHOICES)}")
         setattr_("compile", bool(self.compile))
+        setattr_("cuda_graphs", bool(self.cuda_graphs))
+        if self.cuda_graphs:
+            check_cuda_graphs(self.device, self.compile)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -184,6 +209,7 @@ class ProfileConfig:
             "dtype": self.dtype,
             "threads": self.threads,
             "compile": self.compile,
+            "cuda_graphs": self.cuda_graphs,
             "warmup": self.warmup,
             "repeats": self.repeats,
             "towers": self.towers,
@@ -280,6 +306,7 @@ class ProfileReport:
     memory_method: str
     matching_method: str
     runs: list[RunResult]
+    cuda_graphs: bool = False
     torch_version: str = torch.__version__
     schema_version: int = SCHEMA_VERSION
 
@@ -295,6 +322,7 @@ class ProfileReport:
             "dtype": self.dtype,
             "threads": self.threads,
             "compile": self.compile,
+            "cuda_graphs": self.cuda_graphs,
             "batch_sizes": list(self.batch_sizes),
             "towers": list(self.towers),
             "warmup": self.warmup,
@@ -303,7 +331,12 @@ class ProfileReport:
             "memory_method": self.memory_method,
             "matching_method": self.matching_method,
             "macs_convention": "fvcore MACs (the paper's GFLOPs): 1 image + 1 full-length caption; FLOPs = 2 x MACs",
-            "timing": "interleaved round-robin over all runs; median of repeats; spread = min/max and quartiles",
+            "timing": "interleaved round-robin over all runs; median of repeats; spread = min/max and quartiles"
+            + (
+                "; each timed call is a CUDA graph replay (input copy + replay), captured once per run, tower and batch size"
+                if self.cuda_graphs
+                else ""
+            ),
             "torch_version": self.torch_version,
             "runs": [run.to_dict() for run in self.runs],
         }
@@ -540,24 +573,32 @@ def profile_model(
             for tower in towers:
                 for b in sizes:
                     x = examples[tower, b]
-                    for variant in variants:
+                    # CUDA graphs: one per run at this batch size, released
+                    # before the next one is captured.
+                    calls = [
+                        capture_graph(v.calls[tower], x, warmup=max(1, config.warmup)) if config.cuda_graphs else v.calls[tower]
+                        for v in variants
+                    ]
+                    for call in calls:
                         for _ in range(config.warmup):
-                            variant.calls[tower](x)
+                            call(x)
                     sync()
                     for rep in range(config.repeats):
                         shift = rep % len(variants)
                         for i in list(range(shift, len(variants))) + list(range(shift)):
                             sync()
                             start = time.perf_counter()
-                            variants[i].calls[tower](x)
+                            calls[i](x)
                             sync()
                             times.setdefault((i, tower, b), []).append(time.perf_counter() - start)
+                    del calls, call  # frees the graphs of this batch size
                     step(f"timed {tower} at batch {b}")
 
             # One profiled forward per setting and tower: reduction time, memory.
             # One profiled (eager) forward per setting and tower: reduction
-            # time and, on CPU, memory; CUDA memory from the timed callable.
-            memory_method, matching_method = _methods(cuda, profile_batch, config.compile)
+            # time and, on CPU, memory; CUDA memory from the timed callable
+            # (the eager one with CUDA graphs: a replay allocates nothing).
+            memory_method, matching_method = _methods(cuda, profile_batch, config.compile, config.cuda_graphs)
             for i, variant in enumerate(variants):
                 result, profiled_ms = results[i], {}
                 for tower in towers:
@@ -592,6 +633,7 @@ def profile_model(
         memory_method=memory_method,
         matching_method=matching_method,
         runs=results,
+        cuda_graphs=config.cuda_graphs,
     )
 
 
@@ -606,12 +648,13 @@ def _encoder_call(encode: Callable, model: nn.Module) -> Callable:
     return call
 
 
-def _methods(cuda: bool, batch: int, compiled: bool) -> tuple[str, str]:
-    eager = " (eager, uncompiled forward)" if compiled else ""
+def _methods(cuda: bool, batch: int, compiled: bool, graphed: bool = False) -> tuple[str, str]:
+    eager = " (eager, uncompiled forward)" if compiled else " (eager forward, not a CUDA graph replay)" if graphed else ""
     if cuda:
         memory = (
             f"cuda: torch.cuda.max_memory_allocated() during one forward at batch {batch}, after "
             "reset_peak_memory_stats(), minus memory_allocated() before it (activations and workspaces; weights excluded)"
+            + (" (eager forward: a CUDA graph replay allocates nothing)" if graphed else "")
         )
         matching = (
             f"device time of the '{REDUCE_LABEL}' record_function ranges (matching + merging) in one torch.profiler "

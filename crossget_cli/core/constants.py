@@ -1,0 +1,121 @@
+"""Constant tensors of a reduction step, built once per shape and device.
+
+A protection mask, an identity matrix or an ``arange`` costs a few ops to build,
+and on a GPU each op is a kernel launch on the critical path of every layer.
+They depend only on the token count (and device, dtype), so they are built on
+first use and kept: one per token count a model runs with, a few MB at most for
+ViT-L. Where a smaller tensor is a corner of a larger one (identity, triangle,
+``arange``) one tensor per device serves every size.
+
+Under ``torch.compile`` nothing is cached: the tensors are built inline and the
+compiler folds them into the graph.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+NEG_INF = float("-inf")
+
+_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def compiling() -> bool:
+    """Whether torch.compile is tracing the caller."""
+    check = getattr(torch.compiler, "is_compiling", None)
+    return bool(check and check())
+
+
+def _cached(key: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    if compiling():
+        return build()
+    tensor = _CACHE.get(key)
+    if tensor is None:
+        tensor = _CACHE[key] = build()
+    return tensor
+
+
+def _corner(kind: str, size: int, device, dtype, build: Callable[[int], torch.Tensor]) -> torch.Tensor:
+    """``build(n)[:size, :size]`` from one cached tensor per (kind, device, dtype),
+    regrown to the next power of two when a larger size is asked for."""
+    device = torch.device(device)
+    if compiling():
+        return build(size)
+    key = (kind, device, dtype)
+    tensor = _CACHE.get(key)
+    if tensor is None or tensor.shape[0] < size:
+        tensor = _CACHE[key] = build(max(16, 1 << (size - 1).bit_length()))
+    return tensor[:size, :size] if tensor.dim() == 2 else tensor[:size]
+
+
+def arange(size: int, device) -> torch.Tensor:
+    """``torch.arange(size)`` (int64)."""
+    return _corner("arange", size, device, torch.int64, lambda n: torch.arange(n, device=device))
+
+
+def eye(size: int, device, dtype) -> torch.Tensor:
+    """The ``size x size`` identity, whose rows are the one-hot vectors of a merge."""
+    return _corner("eye", size, device, dtype, lambda n: torch.eye(n, device=device, dtype=dtype))
+
+
+def causal_mask(size: int, device, dtype) -> torch.Tensor:
+    """``[size, size]`` additive causal mask: ``-inf`` above the diagonal."""
+    return _corner(
+        "causal", size, device, dtype, lambda n: torch.full((n, n), NEG_INF, device=device, dtype=dtype).triu_(1)
+    )
+
+
+def guided_protection_bias(num_tokens: int, device) -> torch.Tensor:
+    """``[T + 1, T + 1]`` float32 additive bias for the similarity of ``T`` keys
+    and one guide query (row and column ``T``): ``-inf`` on the keys' diagonal
+    and on the rows and columns of the protected tokens 0 (CLS/SOT) and ``T - 1``
+    (the cross slot), 0 elsewhere, the guide's row and column included. Its
+    ``[:T, :T]`` corner serves the unguided similarity."""
+
+    def build() -> torch.Tensor:
+        t = num_tokens
+        index = torch.arange(t + 1, device=device)
+        key = index < t
+        protected = key & ((index == 0) | (index == t - 1))
+        masked = (index[:, None] == index[None, :]) | protected[:, None] | protected[None, :]
+        masked &= key[:, None] & key[None, :]
+        return torch.zeros(t + 1, t + 1, device=device).masked_fill(masked, NEG_INF)
+
+    return _cached(("guided", num_tokens, torch.device(device)), build)
+
+
+def bipartite_bias(num_tokens: int, device) -> torch.Tensor:
+    """``[T, T]`` float32 additive bias restricting a similarity to ToMe's
+    bipartite edges: 0 from an even token (set A) to an odd one (set B), ``-inf``
+    elsewhere and on the row of token 0 (CLS/SOT, protected)."""
+
+    def build() -> torch.Tensor:
+        index = torch.arange(num_tokens, device=device)
+        edge = (index[:, None] % 2 == 0) & (index[None, :] % 2 == 1) & (index[:, None] > 0)
+        return torch.zeros(num_tokens, num_tokens, device=device).masked_fill(~edge, NEG_INF)
+
+    return _cached(("bipartite", num_tokens, torch.device(device)), build)
+
+
+def clear() -> None:
+    """Drop every cached tensor (for tests, or to free device memory)."""
+    _CACHE.clear()
+
+
+def prepare(method: str, token_counts: "list[int]", device, dtype: torch.dtype, causal: bool = False) -> None:
+    """Build now what a tower's reduction steps will look up, so that the first
+    forward dispatches what every later one does: the protection bias of each
+    token count ``token_counts`` (tokens entering each reducing layer), and the
+    identity, ``arange`` and causal mask up to the largest."""
+    if not token_counts:
+        return
+    largest = max(token_counts)
+    for t in token_counts:
+        (bipartite_bias if method == "tome" else guided_protection_bias)(t, device)
+    arange(largest, device)
+    for kind in {torch.float32, dtype}:
+        eye(largest, device, kind)
+        if causal:
+            causal_mask(largest, device, kind)
