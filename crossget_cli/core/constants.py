@@ -55,6 +55,27 @@ def arange(size: int, device) -> torch.Tensor:
     return _corner("arange", size, device, torch.int64, lambda n: torch.arange(n, device=device))
 
 
+#: Spacing of :func:`spaced_ranks`: far above any similarity (|S| <= 2) and
+#: small enough that ``SPACING * T`` stays finite in float32 for any token count.
+RANK_SPACING = 1e30
+
+
+def spaced_ranks(size: int, device) -> torch.Tensor:
+    """``arange(size) * RANK_SPACING`` in float32: ranks whose differences are
+    0 for a token and itself and at least ``RANK_SPACING`` in size otherwise."""
+    return _corner(
+        "ranks", size, device, torch.float32, lambda n: torch.arange(n, device=device, dtype=torch.float32) * RANK_SPACING
+    )
+
+
+def row_offsets(batch: int, num_tokens: int, device) -> torch.Tensor:
+    """``[N, 1]`` int64 ``n * num_tokens``: turns per-sample token indices into
+    rows of the flattened ``[N * T, C]`` batch (``index_select`` is a plain row
+    copy, much cheaper than an element-wise ``gather`` on a CPU). A strided view
+    of the cached :func:`arange`."""
+    return arange(batch * num_tokens, device)[::num_tokens, None]
+
+
 def eye(size: int, device, dtype) -> torch.Tensor:
     """The ``size x size`` identity, whose rows are the one-hot vectors of a merge."""
     return _corner("eye", size, device, dtype, lambda n: torch.eye(n, device=device, dtype=dtype))
@@ -115,6 +136,7 @@ def prepare(method: str, token_counts: "list[int]", device, dtype: torch.dtype, 
     for t in token_counts:
         (bipartite_bias if method == "tome" else guided_protection_bias)(t, device)
     arange(largest, device)
+    spaced_ranks(largest, device)
     for kind in {torch.float32, dtype}:
         eye(largest, device, kind)
         if causal:

@@ -157,19 +157,21 @@ def complete_graph_matching(
     n, t, _ = metric.shape
     bias = constants.guided_protection_bias(t, metric.device)
     if importance is None:
-        # The guide rides along as key T: one product gives the similarities
-        # and every token's cosine to the guide (column T, unmasked).
+        # The guide rides along as query row T: one product gives the
+        # similarities and every token's cosine to the guide (row T, unmasked),
+        # and leaves the [T, T] block contiguous for the symmetrisation.
         metric = torch.cat([metric, guide[:, None].to(metric.dtype)], dim=1)
+        bias = bias[:, :t]
     else:
         bias = bias[:t, :t]
     metric = metric.float()
     unit = metric / metric.norm(dim=-1, keepdim=True)
-    product = torch.baddbmm(bias[:t], unit[:, :t], unit.transpose(1, 2))  # [N, T, T (+ 1)]
-    importance = product[:, :, t] if importance is None else importance.float()
+    product = torch.baddbmm(bias, unit, unit[:, :t].transpose(1, 2))  # [N, T (+ 1), T]
+    importance = product[:, t] if importance is None else importance.float()
     # Symmetrised (S + S^T, twice the mean: order and ties are those of the
     # mean): bit-exact where the product was already symmetric; elsewhere it
     # makes the tie-breaks of mutual-best pairs independent of the BLAS kernel.
-    product = product[:, :, :t]
+    product = product[:, :t]
     sim = torch.add(product, product.transpose(1, 2))
     _protect(sim, protected)
 
@@ -178,9 +180,15 @@ def complete_graph_matching(
     # The [N, T, 1] layout and the sort calls follow the reference so that ties
     # break the same way.
     order = sim.amax(dim=-1, keepdim=True).argsort(dim=1, descending=True)
-    steps = constants.arange(t, metric.device).view(1, t, 1).expand(n, t, 1)
-    rank = torch.empty_like(order).scatter_(1, order, steps)
-    best_later = sim.masked_fill(rank.transpose(1, 2) <= rank, NEG_INF).amax(dim=-1, keepdim=True)
+    steps = constants.spaced_ranks(t, metric.device).view(1, t, 1).expand(n, t, 1)
+    rank = sim.new_empty((n, t, 1)).scatter_(1, order, steps)
+    # (rank_j - rank_i) * SPACING: >= SPACING for a later j, <= -SPACING for an
+    # earlier one, 0 on the (-inf) diagonal. The minimum with it keeps the
+    # similarities to later tokens and sinks the rest far below them (a
+    # vectorised min instead of a boolean mask and masked_fill).
+    best_later = torch.minimum(sim, rank.transpose(1, 2) - rank).amax(dim=-1, keepdim=True)
+    # A token with no later partner scores >= SPACING / 2 (the reference: +inf):
+    # above every real score, so it is never a source, as in the reference.
     ranked = torch.sub(importance[:, :, None], best_later, alpha=0.5).argsort(dim=1)[..., 0]
 
     src_idx = ranked[:, :r]

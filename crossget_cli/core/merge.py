@@ -9,7 +9,8 @@ matrix (rows of a cached identity): deterministic on every device (no atomics,
 unlike ``scatter_add_``, whose order, and so the rounding when several sources
 share a destination, changes from run to run on CUDA), a tensor-core matmul on
 a GPU, and a fixed handful of ops. Hidden states stay in the model dtype (the
-product accumulates in float32 on tensor cores); sizes and ids in float32.
+product accumulates in float32 on tensor cores); sizes and ids in float32,
+summed with ``scatter_add`` (integer values: exact in any order).
 """
 
 from __future__ import annotations
@@ -27,9 +28,13 @@ def membership(plan: MergePlan, dtype: torch.dtype = torch.float32) -> torch.Ten
 
 
 def merge_sum(values: torch.Tensor, plan: MergePlan) -> torch.Tensor:
-    """Plain sum merge of ``[N, T, C]`` float values into ``[N, T - r, C]``: each
-    output token is the sum of its members (sizes, size-weighted ids)."""
-    return membership(plan, values.dtype).transpose(1, 2) @ values
+    """Sum merge of ``[N, T, C]`` float32 *integer-valued* values (sizes,
+    size-weighted ids, validity counts) into ``[N, T - r, C]``: each output
+    token is the sum of its members. A ``scatter_add``: on CUDA its atomics add
+    in any order, but sums of integers below 2**24 are exact in float32, so the
+    result is the same on every run."""
+    out = values.new_zeros((values.shape[0], plan.num_kept, values.shape[2]))
+    return out.scatter_add_(1, plan.slot[:, :, None].expand_as(values), values)
 
 
 def ensemble_merge(
@@ -59,18 +64,17 @@ def ensemble_merge(
     """
     weighted = x if sizes is None else x * sizes.to(x.dtype)
     if plan.source_weight is not None:
-        partner = weighted.gather(1, plan.dst[:, :, None].expand_as(weighted))
+        n, t, c = weighted.shape
+        rows = (plan.dst + constants.row_offsets(n, t, plan.dst.device)).view(-1)
+        partner = weighted.reshape(n * t, c).index_select(0, rows).view(n, t, c)
         weighted = torch.lerp(partner, weighted, plan.source_weight[:, :, None].to(x.dtype))
-    members = membership(plan)
+    members = membership(plan, x.dtype)
     if sizes is None:
-        new_sizes = members.sum(dim=1)[:, :, None]
+        new_sizes = members.sum(dim=1, dtype=torch.float32)[:, :, None]
     else:
-        new_sizes = members.transpose(1, 2) @ sizes
-    if x.dtype == torch.float32:
-        merged = (members.transpose(1, 2) @ weighted) / new_sizes
-    else:
-        merged = (membership(plan, x.dtype).transpose(1, 2) @ weighted) / new_sizes.to(x.dtype)
+        new_sizes = merge_sum(sizes, plan)
+    merged = (members.transpose(1, 2) @ weighted) / new_sizes.to(x.dtype)
     if token_ids is not None:
         ids = token_ids[:, :, None] if sizes is None else token_ids[:, :, None] * sizes
-        token_ids = ((members.transpose(1, 2) @ ids) / new_sizes)[..., 0]
+        token_ids = (merge_sum(ids, plan) / new_sizes)[..., 0]
     return merged, new_sizes, token_ids
