@@ -97,7 +97,8 @@ def test_resume_continues_exactly(shapes, tiny, tmp_path):
         finetune(first, config, progress=crash_at_step_5)
     second = _io(tiny)  # a fresh process: weights come from the checkpoint
     resumed = finetune(second, FinetuneConfig(**{**config.__dict__, "resume": True}))
-    assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in reference.history[4:]], abs=1e-6)
+    # the history carries the steps before the checkpoint (4) and the ones redone after it
+    assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in reference.history], abs=1e-6)
     for (name, a), b in zip(whole.model.state_dict().items(), second.model.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6, rtol=0), name
 
@@ -269,3 +270,72 @@ def test_validation_keeps_the_best_epoch(shapes, tiny, tmp_path):
     batches = (images for _, images in torch.utils.data.DataLoader(data.image_dataset(io.transform), batch_size=64))
     scores = retrieval_recall(io.encode_images(batches), io.encode_texts(data.captions, 64), data.caption_to_image)
     assert scores["r_mean"] == pytest.approx(best["value"], abs=1e-4)  # the exported weights are the best epoch's
+
+
+def _cross_norm_score(io):
+    """A validation score that falls as the cross tokens grow (they start at
+    zero), so the first epoch is the best one and the last is not."""
+    model = io.model
+    with torch.no_grad():
+        norm = model.visual.transformer.cross_image.abs().sum() + model.transformer.cross_text.abs().sum()
+    return {"r_mean": -norm.item()}
+
+
+def test_resume_with_validation_exports_the_best_epoch(shapes, tiny, tmp_path):
+    whole = _io(tiny)
+    reference = finetune(whole, _config(shapes), evaluate=_cross_norm_score)
+    assert reference.best["epoch"] == 0 and reference.steps == 8
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_step_6(record):
+        if record["step"] == 6:
+            raise Crash
+
+    config = _config(shapes, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=1)
+    with pytest.raises(Crash):
+        finetune(_io(tiny), config, progress=crash_at_step_6, evaluate=_cross_norm_score)
+    second = _io(tiny)
+    resumed = finetune(second, FinetuneConfig(**{**config.__dict__, "resume": True}), evaluate=_cross_norm_score)
+    assert resumed.best == reference.best
+    assert [r["step"] for r in resumed.history] == list(range(1, 9))
+    assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in reference.history], abs=1e-6)
+    log = [json.loads(line) for line in (tmp_path / "ckpt" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 9))  # the steps redone after the crash are not repeated
+    for (name, a), b in zip(whole.model.state_dict().items(), second.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0), name
+
+
+class _WritesAFile:
+    """Unpickling this runs ``open(path, 'w')``: what a crafted checkpoint does."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_resume_never_unpickles_code(shapes, tiny, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    marker = tmp_path / "pwned"
+    torch.save({"model": {}, "payload": _WritesAFile(str(marker))}, ckpt / "checkpoint.pt")
+    with pytest.raises(CrossGetError, match="cannot resume"):
+        finetune(_io(tiny), _config(shapes, checkpoint_dir=str(ckpt), resume=True))
+    assert not marker.exists()
+    (ckpt / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CrossGetError, match="cannot resume"):
+        finetune(_io(tiny), _config(shapes, checkpoint_dir=str(ckpt), resume=True))
+
+
+def test_resume_refuses_other_settings(shapes, tiny, tmp_path):
+    config = _config(shapes, max_steps=2, checkpoint_dir=str(tmp_path / "ckpt"))
+    finetune(_io(tiny), config, settings={"text_r": 0})
+    again = FinetuneConfig(**{**config.__dict__, "resume": True})
+    with pytest.raises(CrossGetError, match=r"text_r=0.*text_r=4"):
+        finetune(_io(tiny), again, settings={"text_r": 4})
+    with pytest.raises(CrossGetError, match=r"lr=0.001.*lr=0.01"):
+        finetune(_io(tiny), FinetuneConfig(**{**again.__dict__, "lr": 1e-2}), settings={"text_r": 0})
+    finetune(_io(tiny), FinetuneConfig(**{**again.__dict__, "max_steps": 3}), settings={"text_r": 0})  # a stopping rule may change

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -99,7 +99,7 @@ def compress(
         trained, extra_files = _finetune_coop(loaded, finetune, progress)
         recipe = replace(recipe, finetune=_coop_spec(recipe, finetune))
     elif finetune is not None:
-        trained = _finetune(loaded, finetune, progress)
+        trained = _finetune(loaded, finetune, progress, settings={"source": source, "pretrained": pretrained, **asdict(reduction)})
         from .finetune import recipe_spec
 
         recipe = replace(recipe, finetune=recipe_spec(recipe.finetune or FinetuneSpec(), finetune))
@@ -146,14 +146,14 @@ def _coop_spec(recipe: Recipe, run: CoopRun) -> FinetuneSpec:
     )
 
 
-def _finetune(loaded: LoadedModel, config: FinetuneConfig, progress) -> dict[str, Any]:
+def _finetune(loaded: LoadedModel, config: FinetuneConfig, progress, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     from .encoders import model_io
     from .finetune import finetune, get_objective, init_distributed, world_info
 
     init_distributed(config.device)
     io = model_io(loaded, config.device)
     evaluate = get_objective(config.objective).validator(config) if config.val_data else None
-    result = finetune(io, config, progress=progress, evaluate=evaluate)
+    result = finetune(io, config, progress=progress, evaluate=evaluate, settings=settings)
     io.model.to("cpu", torch.float32)
     return {**result.to_dict(), "rank": world_info()[0], "history": result.history}
 

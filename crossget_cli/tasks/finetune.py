@@ -359,6 +359,15 @@ def _average_gradients(params: list[nn.Parameter], world: int) -> None:
         param.grad /= world
 
 
+def _truncate_log(log: Path, step: int) -> None:
+    """Drop the log records written after the checkpoint being resumed (they are
+    about to be run again)."""
+    if not log.is_file():
+        return
+    kept = [line for line in log.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    write_atomic(log, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
+
+
 def _rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "python": random.getstate()}
 
@@ -368,18 +377,53 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
+#: FinetuneConfig fields a resumed run may change: where and how often it saves
+#: and logs, where it runs, and when it stops.
+RESUMABLE_CHANGES = frozenset({"resume", "checkpoint_dir", "checkpoint_every", "log_every", "num_workers", "device", "max_steps"})
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a fine-tuning checkpoint with ``weights_only=True``: tensors and plain
+    containers only, so a crafted file cannot run code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError (foreign objects), EOFError/RuntimeError (truncated)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CrossGetError(
+            f"cannot resume from {path}: not a crossget checkpoint or damaged ({reason[:160]})",
+            "start without --resume, or point --checkpoint-dir at the interrupted run's folder",
+        ) from error
+
+
+def _check_resumable(saved: dict, config: FinetuneConfig, settings: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint written with other training or reduction settings."""
+    now = {**asdict(config), **settings}
+    before = {**saved.get("config", {}), **saved.get("settings", {})}
+    for key in sorted(set(now) | set(before)):
+        if key in RESUMABLE_CHANGES or now.get(key) == before.get(key):
+            continue
+        raise CrossGetError(
+            f"{path} was written with {key}={before.get(key)!r}, this run has {key}={now.get(key)!r}",
+            f"resume with the interrupted run's settings, or start a new run without --resume",
+        )
+
+
 def finetune(
     io: ModelIO,
     config: FinetuneConfig,
     progress: Callable[[dict], None] | None = None,
     evaluate: Callable[[ModelIO], dict[str, float]] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> FinetuneResult:
     """Train ``io.model`` (already patched) in place on ``config.data`` with ``config.objective``.
 
     ``progress`` receives each logged record; ``evaluate`` (given when there is
     validation data) scores the model after each epoch, and the weights of the best
-    epoch (by the objective's ``metric``) are restored at the end.
+    epoch (by the objective's ``metric``) are restored at the end. ``settings``
+    (plain values, e.g. the reduction) are stored in the checkpoint and must match
+    on ``resume``, like ``config``.
     """
+    settings = dict(settings or {})
     model = io.model
     objective = get_objective(config.objective)
     rank, world = world_info()
@@ -412,16 +456,20 @@ def finetune(
     if config.resume:
         if not checkpoint.is_file():
             raise CrossGetError(f"no checkpoint to resume from in {config.checkpoint_dir}", "start without --resume")
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        saved = load_checkpoint(checkpoint)
+        _check_resumable(saved, config, settings, checkpoint)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         scaler.load_state_dict(saved["scaler"])
         _set_rng_state(saved["rng"])
         step, epoch, position, best = saved["step"], saved["epoch"], saved["position"], saved["best"]
+        history, best_state = list(saved.get("history", [])), saved.get("best_state")
     if checkpoint is not None and rank == 0:
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
     log = checkpoint.parent / LOG_FILE if checkpoint is not None else None
+    if config.resume and log is not None and rank == 0:
+        _truncate_log(log, step)
 
     def save_checkpoint():
         if checkpoint is None or rank != 0:
@@ -436,7 +484,10 @@ def finetune(
             "epoch": epoch,
             "position": position,
             "best": best,
+            "best_state": best_state,  # the export after an interruption must be the best epoch's
+            "history": history,
             "config": asdict(config),
+            "settings": settings,
         }
         write_atomic(checkpoint, lambda tmp: torch.save(state, tmp))
 
@@ -497,6 +548,8 @@ def finetune(
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             epoch, position = epoch + 1, 0
             save_checkpoint()
+    if position:  # stopped inside an epoch (--max-steps): a later --resume goes on from here
+        save_checkpoint()
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
