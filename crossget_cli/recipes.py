@@ -50,6 +50,7 @@ class FinetuneSpec:
     lr: float = 1e-5
     weight_decay: float = 0.05
     epochs: int = 12
+    max_steps: int | None = None  # the run stopped after this many optimizer steps (what ran is recorded)
     batch_size: int = 64
     schedule: str = "cosine"
     trainable: str = "all"  # all / cross / prompt+cross

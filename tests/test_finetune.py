@@ -339,3 +339,18 @@ def test_resume_refuses_other_settings(shapes, tiny, tmp_path):
     with pytest.raises(CrossGetError, match=r"lr=0.001.*lr=0.01"):
         finetune(_io(tiny), FinetuneConfig(**{**again.__dict__, "lr": 1e-2}), settings={"text_r": 0})
     finetune(_io(tiny), FinetuneConfig(**{**again.__dict__, "max_steps": 3}), settings={"text_r": 0})  # a stopping rule may change
+
+
+def test_export_records_the_steps_that_ran(shapes, tiny, tmp_path):
+    out = tmp_path / "out"
+    args = ["compress", "-m", str(tiny), "--vision-r", "2", "-o", str(out), "--no-speed", "--json"]
+    ft = ["--finetune", "--train-data", str(shapes / "data.json"), "--batch-size", "4", "--max-steps", "1"]
+    result = runner.invoke(app, [*args, *ft])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["report"]["finetune"]["steps"] == 1
+    from crossget_cli.recipes import load_recipe
+    from crossget_cli.tasks.finetune import recipe_settings
+
+    spec = load_recipe(out / "crossget.yaml").finetune
+    assert spec.max_steps == 1  # not just "epochs: 12": a re-run of the recipe stops where this one did
+    assert recipe_settings(spec, "cpu")["max_steps"] == 1

@@ -130,6 +130,8 @@ def recipe_settings(spec: FinetuneSpec | None, device: str) -> dict[str, Any]:
         schedule=spec.schedule,
         js_weight=spec.js_weight,
     )
+    if spec.max_steps is not None:
+        settings["max_steps"] = spec.max_steps
     if spec.trainable in SHARED_TRAINABLE:
         settings["trainable"] = spec.trainable
     if spec.amp in AMP and device.startswith("cuda"):
@@ -146,6 +148,7 @@ def recipe_spec(base: FinetuneSpec, config: FinetuneConfig) -> FinetuneSpec:
         lr=config.lr,
         weight_decay=config.weight_decay,
         epochs=config.epochs,
+        max_steps=config.max_steps,
         batch_size=config.batch_size,
         schedule=config.schedule,
         trainable=config.trainable if config.trainable in SHARED_TRAINABLE else base.trainable,
