@@ -407,7 +407,7 @@ def _check_resumable(saved: dict, config: FinetuneConfig, settings: dict[str, An
             continue
         raise CrossGetError(
             f"{path} was written with {key}={before.get(key)!r}, this run has {key}={now.get(key)!r}",
-            f"resume with the interrupted run's settings, or start a new run without --resume",
+            "resume with the interrupted run's settings, or start a new run without --resume",
         )
 
 

@@ -594,7 +594,6 @@ def profile_model(
                     del calls, call  # frees the graphs of this batch size
                     step(f"timed {tower} at batch {b}")
 
-            # One profiled forward per setting and tower: reduction time, memory.
             # One profiled (eager) forward per setting and tower: reduction
             # time and, on CPU, memory; CUDA memory from the timed callable
             # (the eager one with CUDA graphs: a replay allocates nothing).

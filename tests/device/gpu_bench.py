@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
-import json
-import os
 import statistics
 import sys
 import time
@@ -41,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 import crossget_cli
+from bench_output import emit  # tests/device/, the script's own folder
 from crossget_cli.tasks.report import tokens_per_layer
 
 # (open_clip name, [(run label, method, vision r)]); the original is method None.
@@ -334,11 +333,7 @@ def main() -> None:
             "crossget": crossget_cli.__version__,
         },
     }
-    line = json.dumps(report)
-    print(line)
-    if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], "gpu_bench.json"), "w") as handle:
-            handle.write(line + "\n")
+    emit(report, "gpu_bench.json")
 
 
 if __name__ == "__main__":

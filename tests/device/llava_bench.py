@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
 import statistics
 import time
 
 import torch
 
 import crossget_cli
+from bench_output import emit  # tests/device/, the script's own folder
 from crossget_cli.adapters import find_adapter
 from crossget_cli.adapters.llava import num_image_tokens
 
@@ -184,11 +183,7 @@ def main() -> None:
         "seconds": time.perf_counter() - started,
         "versions": {"torch": torch.__version__, "crossget": crossget_cli.__version__},
     }
-    line = json.dumps(report)
-    print(line)
-    if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], "llava_bench.json"), "w") as handle:
-            handle.write(line + "\n")
+    emit(report, "llava_bench.json")
 
 
 if __name__ == "__main__":
