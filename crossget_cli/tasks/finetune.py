@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import random
 import time
 from dataclasses import asdict, dataclass, replace
@@ -391,7 +392,11 @@ def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError (foreign objects), EOFError/RuntimeError (truncated)
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if isinstance(error, pickle.UnpicklingError):
+            # torch's own message suggests loading it unsafely; say what it is instead
+            reason = "it holds objects other than tensors and plain containers, and loading it could run code"
+        else:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CrossGetError(
             f"cannot resume from {path}: not a crossget checkpoint or damaged ({reason[:160]})",
             "start without --resume, or point --checkpoint-dir at the interrupted run's folder",
