@@ -175,3 +175,42 @@ def test_protected_tokens_are_never_sources_or_destinations():
     for i in range(4):
         touched = set(plan.src_idx[i].tolist()) | set(plan.dst_idx[i].tolist())
         assert not touched & {0, 10, int(eot[i])}
+
+
+@pytest.mark.parametrize("method", ["crossget", "tome"])
+def test_padding_never_changes_a_samples_real_decisions(method):
+    """A sample padded from ``real`` to ``T`` tokens (CrossGET: padding before
+    the last, cross, slot, as text is laid out) merges exactly the real tokens
+    it merges alone, into the same destinations; its padding goes nowhere real."""
+    from crossget_cli.core.matching import bipartite_matching
+
+    gen = torch.Generator().manual_seed(6)
+    real, t, r = 11, 24, 5
+    metric = torch.randn(3, t, 8, generator=gen)
+    guide = torch.randn(3, 8, generator=gen)
+    slot = int(method == "crossget")  # the cross slot
+    eot = torch.tensor([[real - 1 - slot]] * 3)
+    pads = torch.zeros(3, t, dtype=torch.bool)
+    pads[:, real - slot : t - slot] = True
+    alone_metric = torch.cat([metric[:, : real - slot], metric[:, t - slot :]], dim=1)  # the same real tokens
+    no_pads = torch.zeros(3, real, dtype=torch.bool)
+    if method == "crossget":
+        r_batch, r_alone = clamp_r(r, t, 3), clamp_r(r, real, 3)
+        padded = complete_graph_matching(metric, guide, r_batch, eot, padding=pads)
+        alone = complete_graph_matching(alone_metric, guide, r_alone, eot, padding=no_pads)
+    else:
+        r_batch, r_alone = clamp_r(r, t, 2, bipartite=True), clamp_r(r, real, 2, bipartite=True)
+        padded = bipartite_matching(metric, r_batch, eot, padding=pads)
+        alone = bipartite_matching(alone_metric, r_alone, eot, padding=no_pads)
+    assert r_alone < r_batch  # the padding makes up the difference
+    position = torch.arange(t)
+    original = torch.where(position < real - slot, position, position - (t - real))  # padded -> alone index
+    for i in range(3):
+        src, dst = padded.src_idx[i], padded.dst_idx[i]
+        is_real = ~pads[i, src]
+        assert int(is_real.sum()) == r_alone
+        assert not pads[i, dst[is_real]].any()
+        pairs = set(zip(original[src[is_real]].tolist(), original[dst[is_real]].tolist()))
+        assert pairs == set(zip(alone.src_idx[i].tolist(), alone.dst_idx[i].tolist()))
+        if method == "crossget":  # a padding source contributes its (zero) value only
+            assert torch.all(padded.source_weight[i, src[~is_real]] == 1)

@@ -248,12 +248,8 @@ class _ReducingTextEncoder(_ImageConsumer):
         pooled = torch.zeros(n, dtype=torch.long, device=x.device)  # [CLS]
         state = tower_state(encoder, input_ids=input_ids, pooled_idx=pooled)
         state.causal = False
-        valid = torch.ones(n, x.shape[1], dtype=torch.bool, device=x.device)
         if attention_mask is not None:
-            valid = attention_mask.to(x.device).bool()
-        if state.method == "crossget":
-            valid = torch.cat([valid, valid.new_ones(n, 1)], dim=1)
-        state.valid = valid if not bool(valid.all()) else None
+            state.pad(attention_mask.to(x.device))
         x = run_tower(x, encoder, "cross_text", encoder.layer, _text_block, state)
         pooled_output = self.pooler(x) if self.pooler is not None else None
         return BaseModelOutputWithPoolingAndCrossAttentions(last_hidden_state=x, pooler_output=pooled_output)

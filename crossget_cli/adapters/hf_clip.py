@@ -113,11 +113,16 @@ class _ReducingVisionTower:
         return out
 
 
+def _eot_positions(text_tower: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """``[N]`` position each caption pools at, found as transformers does."""
+    eos = getattr(text_tower, "eos_token_id", None) or getattr(text_tower.config, "eos_token_id", 2)
+    if eos == 2:  # legacy configs pool at the highest id
+        return input_ids.argmax(dim=-1)
+    return (input_ids == eos).int().argmax(dim=-1)
+
+
 class _ReducingTextTower:
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, **kwargs):
-        # The padding mask is dropped on the CrossGET path, as in the reference:
-        # padding follows EOT, so under the causal mask it never reaches the
-        # pooled token, and merged slots no longer line up with it.
         encoder = self.encoder
         if inputs_embeds is None and not uses_reduced_path(self, encoder.crossget_schedule):
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
@@ -127,12 +132,13 @@ class _ReducingTextTower:
         x = self.embeddings(
             input_ids=None if inputs_embeds is not None else input_ids, position_ids=position_ids, inputs_embeds=inputs_embeds
         )
-        eos = getattr(self, "eos_token_id", None) or getattr(self.config, "eos_token_id", 2)
-        if eos == 2:  # legacy configs pool at the highest id, as transformers does
-            pooled_idx = input_ids.argmax(dim=-1)
-        else:
-            pooled_idx = (input_ids == eos).int().argmax(dim=-1)
+        pooled_idx = _eot_positions(self, input_ids)
         state = tower_state(encoder, input_ids=input_ids, pooled_idx=pooled_idx)
+        if attention_mask is not None:
+            # The reference drops the mask (padding follows EOT, so causally it
+            # never reaches the pooled token), but then padding is merged like
+            # text and a caption's features depend on its batch's longest.
+            state.pad(attention_mask.view(input_ids.shape).to(x.device))
         x = run_tower(x, encoder, "cross_text", encoder.layers, _block_forward, state)
         x = self.final_layer_norm(x)
         return _output(x, x[torch.arange(x.shape[0], device=x.device), state.pooled_idx])

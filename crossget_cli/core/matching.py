@@ -120,6 +120,37 @@ def protected_indices(batch: int, num_tokens: int, pooled_idx: torch.Tensor | No
     return torch.cat([fixed, pooled_idx.view(batch, 1).to(device)], dim=1)
 
 
+#: The score a padding token sorts with: past every real token's (finite, at
+#: most about ``SPACING * T``) and before the protected tokens' (+inf).
+PADDING_SCORE = 1e36
+
+
+def _per_sample_r(r: int, padding: torch.Tensor, num_protected: int, bipartite: bool) -> torch.Tensor:
+    """``[N, 1]`` the r each sample would get alone, without its padding:
+    :func:`clamp_r` of its own token count (never more than the batch's ``r``)."""
+    real = padding.shape[1] - padding.sum(dim=1, keepdim=True)
+    limit = real.sub(num_protected).div(2, rounding_mode="floor")
+    if bipartite:
+        limit = torch.minimum(limit, real.add(1).div(2, rounding_mode="floor") - num_protected)
+    return limit.clamp(0, r)
+
+
+def _padding_to_fill(order: torch.Tensor, real_candidates: torch.Tensor, real_r: torch.Tensor, r: int) -> torch.Tensor:
+    """Reorder ``order`` (``[N, T]`` tokens, best source first: the real
+    candidates, then padding, then the protected) so that its first ``r`` are
+    the first ``real_r`` real candidates and ``r - real_r`` padding tokens."""
+    position = constants.arange(order.shape[1], order.device).expand_as(order)
+    fill = (position >= real_candidates) & (position < real_candidates + r - real_r)
+    key = torch.where(fill, position - real_candidates + real_r, position + order.shape[1])
+    key = torch.where(position < real_r, position, key)
+    return order.gather(1, key.argsort(dim=1))
+
+
+def _mask_padding(sim: torch.Tensor, padding: torch.Tensor) -> None:
+    sim.masked_fill_(padding[:, None, :], NEG_INF)
+    sim.masked_fill_(padding[:, :, None], NEG_INF)
+
+
 def _protect(sim: torch.Tensor, protected: torch.Tensor | None) -> None:
     """Set the rows and columns of the ``[N, P]`` tokens ``protected`` to -inf."""
     if protected is None:
@@ -137,6 +168,7 @@ def complete_graph_matching(
     r: int,
     protected: torch.Tensor | None = None,
     importance: torch.Tensor | None = None,
+    padding: torch.Tensor | None = None,
 ) -> MergePlan:
     """Choose ``r`` source tokens per sample and the kept token each merges into.
 
@@ -149,6 +181,13 @@ def complete_graph_matching(
             slot), which always are (text passes its EOT position).
         importance: optional ``[N, T]`` importance of each token, used instead of
             the cosine to ``guide`` (LLaVA's attention-based importance, SPEC §6).
+        padding: optional ``[N, T]`` bool, ``True`` for padding tokens (size 0).
+            They are never merged into a real token nor a real one into them;
+            each sample removes the real tokens it would remove alone (its own
+            :func:`clamp_r`) and makes up the rest of ``r`` from its padding, so
+            a sample's decisions do not depend on how much padding its batch
+            gives it. A padding source contributes nothing (``c = 1`` of a zero
+            value).
 
     Each token's score is its importance (cosine to the guide) minus its best
     similarity to a token ranked after it in the complete graph, so the least
@@ -174,12 +213,17 @@ def complete_graph_matching(
     product = product[:, :t]
     sim = torch.add(product, product.transpose(1, 2))
     _protect(sim, protected)
+    if padding is not None:
+        _mask_padding(sim, padding)
 
     # Rank tokens by their best edge; a token may only pair with tokens ranked
     # after it, so only one member of a mutual-best pair can become a source.
     # The [N, T, 1] layout and the sort calls follow the reference so that ties
-    # break the same way.
-    order = sim.amax(dim=-1, keepdim=True).argsort(dim=1, descending=True)
+    # break the same way (the two members of a mutual-best pair always tie).
+    # With padding the sorts are stable: CPU sorts break ties one way below 17
+    # elements and another above, so a tie would depend on the padding.
+    stable = padding is not None
+    order = sim.amax(dim=-1, keepdim=True).argsort(dim=1, descending=True, stable=stable)
     steps = constants.spaced_ranks(t, metric.device).view(1, t, 1).expand(n, t, 1)
     rank = sim.new_empty((n, t, 1)).scatter_(1, order, steps)
     # (rank_j - rank_i) * SPACING: >= SPACING for a later j, <= -SPACING for an
@@ -189,7 +233,15 @@ def complete_graph_matching(
     best_later = torch.minimum(sim, rank.transpose(1, 2) - rank).amax(dim=-1, keepdim=True)
     # A token with no later partner scores >= SPACING / 2 (the reference: +inf):
     # above every real score, so it is never a source, as in the reference.
-    ranked = torch.sub(importance[:, :, None], best_later, alpha=0.5).argsort(dim=1)[..., 0]
+    score = torch.sub(importance[:, :, None], best_later, alpha=0.5)
+    if padding is None:
+        ranked = score.argsort(dim=1)[..., 0]
+    else:
+        score = score[..., 0].masked_fill(padding, PADDING_SCORE)
+        num_protected = 2 + (0 if protected is None else protected.shape[1])
+        real_r = _per_sample_r(r, padding, num_protected, bipartite=False)
+        candidates = (score < PADDING_SCORE).sum(dim=1, keepdim=True)
+        ranked = _padding_to_fill(score.argsort(dim=1, stable=True), candidates, real_r, r)
 
     src_idx = ranked[:, :r]
     keep_idx = ranked[:, r:].sort(dim=1).values
@@ -200,6 +252,8 @@ def complete_graph_matching(
     dst = keep_idx.gather(1, slot)
     # Pair softmax (a_s, a_dst) as a sigmoid of the difference; 1 for kept tokens.
     source_weight = torch.sigmoid(importance - importance.gather(1, dst)).mul_(2)
+    if padding is not None:
+        source_weight = source_weight.masked_fill(padding, 1.0)
     return MergePlan(src_idx, slot, dst, source_weight)
 
 
@@ -213,7 +267,9 @@ def token_schedule(num_tokens: int, rs: "list[int] | tuple[int, ...]", num_prote
 
 
 @torch.no_grad()
-def bipartite_matching(metric: torch.Tensor, r: int, protected: torch.Tensor | None = None) -> MergePlan:
+def bipartite_matching(
+    metric: torch.Tensor, r: int, protected: torch.Tensor | None = None, padding: torch.Tensor | None = None
+) -> MergePlan:
     """ToMe's bipartite soft matching (Bolya et al., 2023), as a :class:`MergePlan`.
 
     Tokens alternate into sets A (even positions) and B (odd). Each A token's
@@ -227,6 +283,9 @@ def bipartite_matching(metric: torch.Tensor, r: int, protected: torch.Tensor | N
         metric: ``[N, T, C]`` keys (ToMe averages them over heads).
         r: tokens to remove; must already be clamped with :func:`clamp_r`.
         protected: optional ``[N, P]`` further indices that are never merged.
+        padding: optional ``[N, T]`` bool padding tokens, handled as in
+            :func:`complete_graph_matching` (a padding source merges into token 0,
+            adding nothing: its size is 0).
     """
     n, t, _ = metric.shape
     metric = metric.float()
@@ -235,8 +294,16 @@ def bipartite_matching(metric: torch.Tensor, r: int, protected: torch.Tensor | N
     # every index below is then an original token index.
     scores = torch.baddbmm(constants.bipartite_bias(t, metric.device), unit, unit.transpose(1, 2))
     _protect(scores, protected)
+    if padding is not None:
+        _mask_padding(scores, padding)
     best, partner = scores.max(dim=-1)  # [N, T]; -inf for B and protected tokens
-    order = best.argsort(dim=-1, descending=True)
+    if padding is None:
+        order = best.argsort(dim=-1, descending=True)
+    else:
+        best, partner = best.masked_fill(padding, -PADDING_SCORE), partner.masked_fill(padding, 0)
+        real_r = _per_sample_r(r, padding, 1 + (0 if protected is None else protected.shape[1]), bipartite=True)
+        candidates = (best > -PADDING_SCORE).sum(dim=1, keepdim=True)
+        order = _padding_to_fill(best.argsort(dim=-1, descending=True, stable=True), candidates, real_r, r)
     index = constants.arange(t, metric.device).expand(n, t)
     kept = torch.empty_like(order).scatter_(1, order, index) >= r
     slot = kept.cumsum(dim=1) - 1

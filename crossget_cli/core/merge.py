@@ -42,6 +42,7 @@ def ensemble_merge(
     sizes: torch.Tensor | None,
     plan: MergePlan,
     token_ids: torch.Tensor | None = None,
+    padded: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Merge each source into its destination with importance weights.
 
@@ -58,6 +59,9 @@ def ensemble_merge(
         plan: the step's :class:`MergePlan`.
         token_ids: optional ``[N, T]`` float32 ids (text), merged as a plain
             size-weighted mean so that argmax keeps finding the protected EOT.
+        padded: ``sizes`` holds padding tokens as size 0: a padding token
+            keeps the value 0 (it is never attended, and its sources add 0)
+            instead of 0 / 0.
 
     Returns:
         ``(x, sizes, token_ids)`` with ``T - r`` tokens in original order.
@@ -73,8 +77,9 @@ def ensemble_merge(
         new_sizes = members.sum(dim=1, dtype=torch.float32)[:, :, None]
     else:
         new_sizes = merge_sum(sizes, plan)
-    merged = (members.transpose(1, 2) @ weighted) / new_sizes.to(x.dtype)
+    divisor = new_sizes.clamp_min(1) if padded else new_sizes
+    merged = (members.transpose(1, 2) @ weighted) / divisor.to(x.dtype)
     if token_ids is not None:
         ids = token_ids[:, :, None] if sizes is None else token_ids[:, :, None] * sizes
-        token_ids = (merge_sum(ids, plan) / new_sizes)[..., 0]
+        token_ids = (merge_sum(ids, plan) / divisor)[..., 0]
     return merged, new_sizes, token_ids

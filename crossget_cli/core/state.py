@@ -16,7 +16,7 @@ import torch
 
 from . import constants
 from .matching import MergePlan, bipartite_matching, clamp_r, complete_graph_matching
-from .merge import ensemble_merge, merge_sum
+from .merge import ensemble_merge
 
 
 #: ``torch.profiler.record_function`` label of every reduction step (matching +
@@ -106,9 +106,10 @@ class TokenState:
             matching) or ``"tome"`` (no cross slot, bipartite matching).
         cross_inputs: the cross token injected before each block, ``[N, D]``.
         trace: the list of :func:`trace_reduction`, if one is active.
-        valid: ``[N, T]`` bool, ``False`` for padding keys that no token may
-            attend to (bidirectional text with a padding mask, e.g. BERT); a
-            merged token is valid when any of its members is. ``None``: all valid.
+        padded: whether ``sizes`` marks padding: a padding token has size 0,
+            so ``log(size)`` keeps every query off it, merging it anywhere adds
+            nothing, and matching neither merges it into a real token nor a real
+            token into it (see :meth:`pad`).
     """
 
     sizes: torch.Tensor | None = None
@@ -119,7 +120,7 @@ class TokenState:
     cross_inputs: list[torch.Tensor] = field(default_factory=list)
     trace: list[dict] | None = field(default_factory=lambda: _TRACE.value)
     last_plan: MergePlan | None = None
-    valid: torch.Tensor | None = None
+    padded: bool = False
 
     @classmethod
     def for_text(
@@ -131,6 +132,17 @@ class TokenState:
         if with_cross_slot:
             ids = torch.cat([ids, ids[:, :1]], dim=1)
         return cls(token_ids=ids, pooled_idx=pooled_idx.long(), causal=True, method=method)
+
+    def pad(self, attention_mask: torch.Tensor) -> None:
+        """Take a ``[N, T]`` padding mask (1 real, 0 padding) of the tower's
+        input tokens: from now on each sample is reduced as it would be alone,
+        without its padding (results do not depend on the batch's longest
+        sequence), and no token attends to padding."""
+        real = attention_mask.to(torch.float32)
+        if self.method == "crossget":
+            real = torch.cat([real, real.new_ones(real.shape[0], 1)], dim=1)
+        self.sizes = real[:, :, None]
+        self.padded = True
 
     @property
     def num_protected(self) -> int:
@@ -164,7 +176,7 @@ class TokenState:
         causal = None
         if self.causal and (self.sizes is not None or explicit_causal):
             causal = constants.causal_mask(t, x.device, x.dtype)
-        parts = [p for p in (causal, self._log_sizes(x), self._padding(x)) if p is not None]
+        parts = [p for p in (causal, self._log_sizes(x)) if p is not None]
         if not parts:
             return None
         if len(parts) == 1:
@@ -184,12 +196,6 @@ class TokenState:
         if out is None:
             return self.sizes.view(shape).log().to(x.dtype)
         return torch.log(self.sizes.view(shape), out=out)
-
-    def _padding(self, x: torch.Tensor) -> torch.Tensor | None:
-        if self.valid is None:
-            return None
-        padding = torch.zeros(self.valid.shape, device=x.device, dtype=x.dtype).masked_fill_(~self.valid, float("-inf"))
-        return padding.view(x.shape[0], 1, 1, x.shape[1])
 
     def clamped_r(self, r: int, num_tokens: int) -> int:
         """The r this state's next reduction step of ``num_tokens`` tokens uses."""
@@ -224,18 +230,17 @@ class TokenState:
     ) -> torch.Tensor:
         n, t, _ = x.shape
         eot = None if self.pooled_idx is None else self.pooled_idx.view(n, 1)
+        padding = (self.sizes[..., 0] == 0) if self.padded else None
         if self.method == "tome":
-            plan = bipartite_matching(keys.view(n, t, num_heads, -1).mean(dim=2), r, eot)
+            plan = bipartite_matching(keys.view(n, t, num_heads, -1).mean(dim=2), r, eot, padding)
         else:
             guide = None
             if importance is None:
                 guide = queries[:, -1] if eot is None else _at(queries, self.pooled_idx)
-            plan = complete_graph_matching(keys, guide, r, eot, importance=importance)
+            plan = complete_graph_matching(keys, guide, r, eot, importance=importance, padding=padding)
         if self.trace is not None:
             self.last_plan = plan
-        x, self.sizes, self.token_ids = ensemble_merge(x, self.sizes, plan, self.token_ids)
-        if self.valid is not None:
-            self.valid = merge_sum(self.valid[..., None].float(), plan)[..., 0] > 0
+        x, self.sizes, self.token_ids = ensemble_merge(x, self.sizes, plan, self.token_ids, self.padded)
         if eot is not None:
             self.pooled_idx = plan.slot.gather(1, eot)[:, 0]  # EOT is kept: its own slot
         return x
