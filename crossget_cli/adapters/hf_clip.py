@@ -113,14 +113,6 @@ class _ReducingVisionTower:
         return out
 
 
-def _eot_positions(text_tower: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    """``[N]`` position each caption pools at, found as transformers does."""
-    eos = getattr(text_tower, "eos_token_id", None) or getattr(text_tower.config, "eos_token_id", 2)
-    if eos == 2:  # legacy configs pool at the highest id
-        return input_ids.argmax(dim=-1)
-    return (input_ids == eos).int().argmax(dim=-1)
-
-
 class _ReducingTextTower:
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, **kwargs):
         encoder = self.encoder
@@ -132,7 +124,11 @@ class _ReducingTextTower:
         x = self.embeddings(
             input_ids=None if inputs_embeds is not None else input_ids, position_ids=position_ids, inputs_embeds=inputs_embeds
         )
-        pooled_idx = _eot_positions(self, input_ids)
+        eos = getattr(self, "eos_token_id", None) or getattr(self.config, "eos_token_id", 2)
+        if eos == 2:  # legacy configs pool at the highest id, as transformers does
+            pooled_idx = input_ids.argmax(dim=-1)
+        else:
+            pooled_idx = (input_ids == eos).int().argmax(dim=-1)
         state = tower_state(encoder, input_ids=input_ids, pooled_idx=pooled_idx)
         if attention_mask is not None:
             # The reference drops the mask (padding follows EOT, so causally it

@@ -120,7 +120,7 @@ def protected_indices(batch: int, num_tokens: int, pooled_idx: torch.Tensor | No
     return torch.cat([fixed, pooled_idx.view(batch, 1).to(device)], dim=1)
 
 
-#: The score a padding token sorts with: past every real token's (finite, at
+#: The cost a padding token sorts with: past every real token's (finite, at
 #: most about ``SPACING * T``) and before the protected tokens' (+inf).
 PADDING_SCORE = 1e36
 
@@ -135,13 +135,19 @@ def _per_sample_r(r: int, padding: torch.Tensor, num_protected: int, bipartite: 
     return limit.clamp(0, r)
 
 
-def _padding_to_fill(order: torch.Tensor, real_candidates: torch.Tensor, real_r: torch.Tensor, r: int) -> torch.Tensor:
-    """Reorder ``order`` (``[N, T]`` tokens, best source first: the real
-    candidates, then padding, then the protected) so that its first ``r`` are
-    the first ``real_r`` real candidates and ``r - real_r`` padding tokens."""
+def _order_with_padding(cost: torch.Tensor, padding: torch.Tensor, r: int, num_protected: int, bipartite: bool):
+    """``[N, T]`` tokens by ascending ``cost`` (stable), arranged so that the
+    first ``r`` are the sources: the real tokens each sample would remove alone
+    (the cheapest ``real_r`` of its real candidates), then enough of its padding
+    to make up ``r``. Padding sorts after every real candidate (finite cost) and
+    before the protected tokens (+inf)."""
+    cost = cost.masked_fill(padding, PADDING_SCORE)
+    order = cost.argsort(dim=1, stable=True)
+    candidates = (cost < PADDING_SCORE).sum(dim=1, keepdim=True)
+    real_r = _per_sample_r(r, padding, num_protected, bipartite)
     position = constants.arange(order.shape[1], order.device).expand_as(order)
-    fill = (position >= real_candidates) & (position < real_candidates + r - real_r)
-    key = torch.where(fill, position - real_candidates + real_r, position + order.shape[1])
+    fill = (position >= candidates) & (position < candidates + r - real_r)
+    key = torch.where(fill, position - candidates + real_r, position + order.shape[1])
     key = torch.where(position < real_r, position, key)
     return order.gather(1, key.argsort(dim=1))
 
@@ -237,11 +243,8 @@ def complete_graph_matching(
     if padding is None:
         ranked = score.argsort(dim=1)[..., 0]
     else:
-        score = score[..., 0].masked_fill(padding, PADDING_SCORE)
         num_protected = 2 + (0 if protected is None else protected.shape[1])
-        real_r = _per_sample_r(r, padding, num_protected, bipartite=False)
-        candidates = (score < PADDING_SCORE).sum(dim=1, keepdim=True)
-        ranked = _padding_to_fill(score.argsort(dim=1, stable=True), candidates, real_r, r)
+        ranked = _order_with_padding(score[..., 0], padding, r, num_protected, bipartite=False)
 
     src_idx = ranked[:, :r]
     keep_idx = ranked[:, r:].sort(dim=1).values
@@ -300,10 +303,9 @@ def bipartite_matching(
     if padding is None:
         order = best.argsort(dim=-1, descending=True)
     else:
-        best, partner = best.masked_fill(padding, -PADDING_SCORE), partner.masked_fill(padding, 0)
-        real_r = _per_sample_r(r, padding, 1 + (0 if protected is None else protected.shape[1]), bipartite=True)
-        candidates = (best > -PADDING_SCORE).sum(dim=1, keepdim=True)
-        order = _padding_to_fill(best.argsort(dim=-1, descending=True, stable=True), candidates, real_r, r)
+        partner = partner.masked_fill(padding, 0)
+        num_protected = 1 + (0 if protected is None else protected.shape[1])
+        order = _order_with_padding(best.neg(), padding, r, num_protected, bipartite=True)
     index = constants.arange(t, metric.device).expand(n, t)
     kept = torch.empty_like(order).scatter_(1, order, index) >= r
     slot = kept.cumsum(dim=1) - 1
