@@ -4,6 +4,7 @@ one stderr line and exit 2 on bad input, nothing half-written."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 from crossget_cli import __version__
 from crossget_cli.cli.app import app
 from test_export import OPENAI_TINY
-from tiny_models import openclip_tiny
+from tiny_models import openclip_tiny, save_hf_folder, save_openclip_folder
 
 runner = CliRunner()
 
@@ -60,6 +61,43 @@ def test_compress_table_and_recipe(checkpoint, tmp_path):
     assert again.exit_code == 0, again.output
 
 
+class _WritesAFile:
+    """Unpickling this runs ``open(path, 'w')``: what a crafted weights file does."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory, checkpoint):
+    """Damaged and hostile weights in the formats users pass: an open_clip folder
+    with truncated weights, a transformers folder whose ``pytorch_model.bin`` runs
+    code when unpickled, a pickle ``.pt`` that does, a file that is not weights."""
+    import torch
+
+    root = tmp_path_factory.mktemp("broken")
+    openclip = root / "openclip"
+    save_openclip_folder(openclip)
+    weights = openclip / "open_clip_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    hf = root / "hf"
+    save_hf_folder(hf)
+    (hf / "model.safetensors").unlink()
+    marker = root / "pwned"
+    torch.save({"text_model.embeddings.position_ids": _WritesAFile(str(marker))}, hf / "pytorch_model.bin")
+    torch.save({"visual.proj": _WritesAFile(str(marker))}, root / "evil.pt")
+    (root / "garbage.bin").write_bytes(b"not a checkpoint at all" * 10)
+    truncated = root / "truncated.pt"
+    torch.save(openclip_tiny(OPENAI_TINY).state_dict(), truncated)
+    truncated.write_bytes(truncated.read_bytes()[:3000])
+    (root / "a-file").write_text("")
+    yield root
+    assert not marker.exists(), "a crafted pickle ran code"
+
+
 def _bad(tmp_path, checkpoint):
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(checkpoint.read_bytes()[:200])
@@ -82,6 +120,42 @@ def _bad(tmp_path, checkpoint):
         "corrupt safetensors": (["-m", str(corrupt)], "cannot read checkpoint"),
         "output exists": (["-m", str(checkpoint), "-o", str(exists)], "--overwrite"),
     }
+
+
+def _broken(root):
+    """Cases whose input lives in the ``broken`` fixture; ``-o`` cases are checked
+    before the model is read (the model given is missing)."""
+    long_name = "x" * 300
+    return {
+        "truncated open_clip folder": (["-m", str(root / "openclip")], "cannot load the weights in"),
+        "HF .bin that would run code": (["-m", str(root / "hf")], "could run code"),
+        "pickle .pt that would run code": (["-m", str(root / "evil.pt")], "could run code"),
+        "truncated .pt": (["-m", str(root / "truncated.pt")], "cannot read checkpoint"),
+        "--pretrained not a weights file": (
+            ["-m", "ViT-B-32", "--pretrained", str(root / "garbage.bin")],
+            "not a PyTorch checkpoint",
+        ),
+        "output under a file": (["-m", str(root / "missing.pt"), "-o", str(root / "a-file" / "out")], "is not a folder"),
+        "output name too long": (["-m", str(root / "missing.pt"), "-o", str(root / long_name)], "longer than"),
+        "output is a file": (["-m", str(root / "missing.pt"), "-o", str(root / "a-file"), "--overwrite"], "is a file"),
+    } | (
+        {"output not writable": (["-m", str(root / "missing.pt"), "-o", "/proc/crossget-out"], "cannot write --output")}
+        if Path("/proc/self").is_dir()
+        else {}
+    )
+
+
+@pytest.mark.parametrize("case", list(_broken(Path("."))))
+def test_broken_weights_and_outputs_exit_2_before_work(case, broken, tmp_path):
+    args, expected = _broken(broken)[case]
+    if "-o" not in args:
+        args = [*args, "-o", str(tmp_path / "out")]
+    result = runner.invoke(app, ["compress", *args, "--no-speed"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    assert "Traceback" not in result.output and result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
 
 
 CASES = [
@@ -187,3 +261,101 @@ def test_compress_report_holds_a_speed_profile(checkpoint, tmp_path):
         app, ["compress", "-m", str(checkpoint), "--vision-r", "4", "-o", str(tmp_path / "o2"), "--no-speed", "--json"]
     )
     assert "profile" not in json.loads(quiet.stdout)["report"]
+
+
+@pytest.mark.parametrize("command", ["eval", "profile"])
+def test_eval_and_profile_check_outputs_before_loading_the_model(command, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    args = ["-m", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "a-file" / "report.json")]
+    if command == "eval":
+        args += ["-t", "retrieval", "-d", str(tmp_path)]
+    result = runner.invoke(app, [command, *args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--output" in lines[0] and "is not a folder" in lines[0], result.stderr
+    plot = runner.invoke(app, ["profile", "-m", str(tmp_path / "missing.pt"), "--plot", str(tmp_path / "a-file" / "p.png")])
+    assert plot.exit_code == 2 and "--plot" in plot.stderr
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch, tmp_path):
+    """No network and an empty HF cache, as on an air-gapped machine."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    return tmp_path / "hub-cache"
+
+
+@pytest.mark.parametrize(
+    "model", [["-m", "hf:crossget-tests/not-cached-clip"], ["-m", "crossget-tests/not-cached-clip"], ["-m", "ViT-B-16", "--pretrained", "openai"]]
+)
+def test_offline_hub_model_fails_fast_with_one_line(model, unreachable_hub, tmp_path):
+    import time
+
+    start = time.perf_counter()
+    result = runner.invoke(app, ["compress", *model, "-o", str(tmp_path / "out"), "--no-speed"])
+    elapsed = time.perf_counter() - start
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot be reached" in lines[0], result.stderr
+    assert elapsed < 2.0, f"offline failure took {elapsed:.1f} s"
+    assert not (tmp_path / "out").exists()
+
+
+def test_cached_open_clip_tag_is_found_without_the_hub(unreachable_hub):
+    """The cache lookup that lets a cached tag load offline: open_clip's hub repo
+    for ViT-B-16@openai, laid out as huggingface_hub caches it."""
+    import open_clip
+
+    from crossget_cli.tasks.loading import _openclip_tag_cached
+
+    assert not _openclip_tag_cached("ViT-B-16", "openai")
+    repo = open_clip.get_pretrained_cfg("ViT-B-16", "openai")["hf_hub"].strip("/")
+    snapshot = unreachable_hub / f"models--{repo.replace('/', '--')}" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (snapshot / "open_clip_model.safetensors").write_bytes(b"")
+    (unreachable_hub / f"models--{repo.replace('/', '--')}" / "refs").mkdir()
+    (unreachable_hub / f"models--{repo.replace('/', '--')}" / "refs" / "main").write_text("0123abcd")
+    assert _openclip_tag_cached("ViT-B-16", "openai")
+
+
+def test_model_flag_wins_over_the_recipe_model(checkpoint, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        yaml.safe_dump({"model": {"source": "ViT-B-16", "pretrained": "openai"}, "reduction": {"vision_r": 2, "text_r": 1}})
+    )
+    result = runner.invoke(app, ["compress", "-m", str(checkpoint), "--recipe", str(recipe), "-o", str(tmp_path / "o"), "--no-speed"])
+    assert result.exit_code == 0, result.output
+    exported = yaml.safe_load((tmp_path / "o" / "crossget.yaml").read_text())
+    assert exported["model"]["source"] == str(checkpoint) and exported["model"].get("pretrained") is None
+    assert exported["reduction"] == {"method": "crossget", "vision_r": 2, "text_r": 1}
+    shipped = runner.invoke(
+        app,
+        ["compress", "-m", "crossget-shapes-tiny", "--recipe", "recipes/clip_vit_b16_rv16.yaml", "--vision-r", "2"]
+        + ["-o", str(tmp_path / "shapes"), "--no-speed"],
+    )
+    assert shipped.exit_code == 0, shipped.output
+
+
+def test_recompressing_an_export_keeps_its_other_settings(checkpoint, tmp_path):
+    first = runner.invoke(app, ["compress", "-m", str(checkpoint), "--vision-r", "4", "--text-r", "3", "-o", str(tmp_path / "a"), "--no-speed"])
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(app, ["compress", "-m", str(tmp_path / "a"), "--vision-r", "2", "-o", str(tmp_path / "b"), "--no-speed"])
+    assert again.exit_code == 0, again.output
+    exported = yaml.safe_load((tmp_path / "b" / "crossget.yaml").read_text())
+    assert exported["reduction"] == {"method": "crossget", "vision_r": 2, "text_r": 3}
+
+
+def test_recipe_amp_follows_the_flag_rule_on_cpu(tmp_path):
+    from crossget_cli.cli.app import _finetune_config
+    from crossget_cli.recipes import load_recipe
+
+    recipe = load_recipe("recipes/clip_vit_b16_rv16.yaml")
+    assert recipe.finetune.amp == "fp16"
+    flags = {"data": str(tmp_path), "device": "cpu", "amp": None}
+    with pytest.raises(Exception, match="needs a CUDA device") as refused:
+        _finetune_config(recipe, flags)
+    assert "--amp none" in refused.value.hint
+    assert _finetune_config(recipe, {**flags, "amp": "none"}).amp == "none"

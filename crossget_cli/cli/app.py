@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -402,7 +403,7 @@ def _finetune_config(recipe, flags: dict):
         raise CrossGetError(
             "--finetune needs --train-data", "pass image-caption data (Karpathy/BLIP JSON, CSV/JSONL, HF datasets)"
         )
-    from_recipe = recipe_settings(recipe.finetune if recipe is not None else None, flags["device"])
+    from_recipe = recipe_settings(recipe.finetune if recipe is not None else None)
     given = {k: v for k, v in flags.items() if v is not None}
     return FinetuneConfig(**{**from_recipe, **given})
 
@@ -487,12 +488,15 @@ def profile(
     Generative models (BLIP captioning/VQA, BLIP-2, LLaVA): also prefill latency, decode tokens/s, items/s, memory."""
     from ..api import reduction_config
     from ..tasks.loading import load_model
-    from ..tasks.files import write_atomic
+    from ..tasks.files import check_writable, write_atomic
     from ..tasks.profile import ProfileConfig, check_cuda_graphs, plot_report, profile_model
     from .render import profile_table, progress_bar
 
     if cuda_graphs:  # refused before a model is loaded
         check_cuda_graphs(device, compile_)
+    for path, option in ((output, "--output"), (plot, "--plot")):
+        if path:
+            check_writable(path, option)
     vision_sweep, text_sweep = parse_sweep("--vision-r", vision_r), parse_sweep("--text-r", text_r)
     accuracy_data = _read_json(accuracy, "--accuracy") if accuracy else None
     loaded = load_model(model, pretrained)
@@ -649,6 +653,7 @@ def eval_command(
 ):
     """Evaluate models (original and compressed) or prediction files: retrieval, zero-shot, captioning, VQA."""
     from ..tasks.evaluation import EvalConfig, evaluate, evaluate_predictions
+    from ..tasks.files import check_writable
     from .render import eval_table, progress_bar
 
     if not data:
@@ -678,6 +683,8 @@ def eval_command(
         dtype=dtype,
         limit=limit,
     )
+    if output:  # found before the evaluation, not after it
+        check_writable(output)
     if predictions:
         report = evaluate_predictions(predictions, config)
     else:
@@ -718,7 +725,14 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def main() -> None:
+    # SIGTERM (a scheduler's or `timeout`'s stop) unwinds like Ctrl-C, so the
+    # temporaries of a write under way are removed instead of left behind.
+    signal.signal(signal.SIGTERM, _terminate)
     app()
+
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

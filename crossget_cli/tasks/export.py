@@ -29,7 +29,7 @@ from ..api import patch, reduction_config
 from ..config import plain_r
 from ..errors import CrossGetError
 from ..recipes import FinetuneSpec, ModelSpec, Recipe, ReductionSpec, load_recipe
-from .files import write_folder
+from .files import check_writable, write_folder
 from .loading import LoadedModel, build_openclip, dtype_name, load_model
 
 if TYPE_CHECKING:
@@ -74,9 +74,10 @@ def compress(
     """
     if isinstance(recipe, (str, Path)):
         recipe = load_recipe(recipe)
-    recipe = recipe or Recipe()
-    source = source or recipe.model.source
-    pretrained = pretrained if pretrained is not None else recipe.model.pretrained
+    recipe = recipe or _exported_reduction(source) or Recipe()
+    if source is None or source == recipe.model.source:  # the recipe's tag belongs to the recipe's model
+        source = recipe.model.source
+        pretrained = pretrained if pretrained is not None else recipe.model.pretrained
     if output is None:
         raise CrossGetError("no output folder given", "pass --output DIR")
     output = Path(output)
@@ -110,6 +111,15 @@ def compress(
         report["finetune"] = trained
     export(loaded, output, recipe, report, overwrite=overwrite, extra_files=extra_files)
     return CompressResult(output, load_recipe(output / RECIPE_FILE), report, loaded.model)
+
+
+def _exported_reduction(source: str | None) -> Recipe | None:
+    """Re-compressing an export starts from the reduction it was made with, so that
+    ``--vision-r`` alone changes only ``vision_r`` (its ``text_r``, method and
+    per-layer settings stay)."""
+    if source and (Path(source).expanduser() / RECIPE_FILE).is_file():
+        return Recipe(reduction=load_recipe(Path(source).expanduser() / RECIPE_FILE).reduction)
+    return None
 
 
 def _finetune_coop(loaded: LoadedModel, run: CoopRun, progress):
@@ -174,15 +184,10 @@ def _load_cross_tokens(loaded: LoadedModel) -> None:
 
 
 def check_output(output: Path, overwrite: bool) -> None:
+    """Refuse an output folder that cannot be written, or exists (without ``overwrite``)."""
+    check_writable(output, folder=True)
     if output.exists() and not overwrite:
         raise CrossGetError(f"output {output} already exists", "pass --overwrite to replace it, or choose another --output")
-    if output.exists() and not output.is_dir():
-        raise CrossGetError(f"output {output} exists and is not a folder", "choose another --output")
-    for parent in output.resolve().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise CrossGetError(f"{parent} is not a folder", "choose another --output")
-            break
 
 
 def build_report(model: nn.Module, measure_speed: bool = False, model_name: str | None = None) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import random
 import time
 from dataclasses import asdict, dataclass, replace
@@ -33,7 +32,8 @@ from torch.utils.data import Dataset
 
 from ..errors import CrossGetError
 from .encoders import ModelIO
-from .files import write_atomic
+from .files import check_writable, write_atomic
+from .loading import unreadable_reason
 from .losses import clip_losses
 
 if TYPE_CHECKING:
@@ -106,9 +106,14 @@ class FinetuneConfig:
         if self.amp not in AMP:
             raise CrossGetError(f"unknown amp {self.amp!r}", f"choose one of: {', '.join(AMP)}")
         if self.amp != "none" and not self.device.startswith("cuda"):
-            raise CrossGetError(f"--amp {self.amp} needs a CUDA device", "use --amp none on the CPU")
+            raise CrossGetError(
+                f"amp {self.amp} (--amp, or the recipe's finetune.amp) needs a CUDA device",
+                "pass --amp none to train in float32 on the CPU (it overrides the recipe), or --device cuda",
+            )
         if self.resume and not self.checkpoint_dir:
             raise CrossGetError("--resume needs --checkpoint-dir", "pass the folder of the interrupted run")
+        if self.checkpoint_dir:  # found now, not when the first checkpoint is due
+            check_writable(self.checkpoint_dir, "--checkpoint-dir", folder=True)
         objective = get_objective(self.objective)
         if self.js_weight is None:
             object.__setattr__(self, "js_weight", objective.default_js_weight)
@@ -119,8 +124,9 @@ class FinetuneConfig:
                 raise CrossGetError(f"{name} must be >= 0, got {getattr(self, name)!r}", f"e.g. --{name.replace('_', '-')} 0.5")
 
 
-def recipe_settings(spec: FinetuneSpec | None, device: str) -> dict[str, Any]:
-    """The FinetuneConfig fields a recipe's ``finetune`` section sets (flags override them)."""
+def recipe_settings(spec: FinetuneSpec | None) -> dict[str, Any]:
+    """The FinetuneConfig fields a recipe's ``finetune`` section sets (flags override
+    them). Its ``amp`` follows the flag's rule: refused off CUDA, never dropped."""
     if spec is None:
         return {}
     settings = dict(
@@ -135,7 +141,7 @@ def recipe_settings(spec: FinetuneSpec | None, device: str) -> dict[str, Any]:
         settings["max_steps"] = spec.max_steps
     if spec.trainable in SHARED_TRAINABLE:
         settings["trainable"] = spec.trainable
-    if spec.amp in AMP and device.startswith("cuda"):
+    if spec.amp in AMP:
         settings["amp"] = spec.amp
     return settings
 
@@ -392,13 +398,9 @@ def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError (foreign objects), EOFError/RuntimeError (truncated)
-        if isinstance(error, pickle.UnpicklingError):
-            # torch's own message suggests loading it unsafely; say what it is instead
-            reason = "it holds objects other than tensors and plain containers, and loading it could run code"
-        else:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = unreadable_reason(error)
         raise CrossGetError(
-            f"cannot resume from {path}: not a crossget checkpoint or damaged ({reason[:160]})",
+            f"cannot resume from {path}: not a crossget checkpoint or damaged ({reason})",
             "start without --resume, or point --checkpoint-dir at the interrupted run's folder",
         ) from error
 

@@ -16,8 +16,11 @@ Accepted, in this order:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,14 +142,28 @@ def _load_openclip(name: str, source: str, tag: str | None) -> LoadedModel:
             f"open_clip model {name!r} needs --pretrained", f"pass {choices}a weights file, or 'none' for random weights"
         )
     weights = None if tag in (None, "none") else tag
-    if weights is not None and (weights.endswith(CHECKPOINT_SUFFIXES) or os.sep in weights) and not Path(weights).is_file():
+    is_file = weights is not None and (weights.endswith(CHECKPOINT_SUFFIXES) or os.sep in weights or Path(weights).is_file())
+    if is_file and not Path(weights).is_file():
         raise CrossGetError(f"weights file not found: {weights}", "check the --pretrained path")
-    try:
-        model = open_clip.create_model(name, pretrained=weights)
-    except RuntimeError as err:
+    offline = weights is not None and not is_file and not hub_reachable()
+    if offline and not _openclip_tag_cached(name, weights):
         raise CrossGetError(
-            f"cannot load open_clip {name!r} with pretrained={weights!r}: {_first_line(err)}", _offline_hint()
-        ) from err
+            f"cannot download open_clip weights {name}@{weights}: the hub cannot be reached and they are not cached",
+            _offline_hint(),
+        )
+    try:
+        with _hub_offline(offline):  # cached weights load without asking the hub
+            model = open_clip.create_model(name, pretrained=weights)
+    except UNREADABLE_ERRORS as err:
+        if _is_network_error(err):
+            raise CrossGetError(
+                f"cannot download open_clip weights {name}@{weights}: offline or not cached", _offline_hint()
+            ) from err
+        if name.startswith("local-dir:"):
+            what = f"the weights in {name[len('local-dir:'):]}"
+        else:
+            what = f"weights {weights}" if is_file else f"open_clip {name!r} with pretrained={weights!r}"
+        raise CrossGetError(f"cannot load {what}: {unreadable_reason(err)}", _UNREADABLE_HINT) from err
     except Exception as err:  # hub/network errors come in many types
         if _is_network_error(err):
             raise CrossGetError(
@@ -159,10 +176,42 @@ def _load_openclip(name: str, source: str, tag: str | None) -> LoadedModel:
     return LoadedModel(model.eval(), "openclip", source, tag, config)
 
 
+def _openclip_tag_cached(name: str, tag: str) -> bool:
+    """Whether the weights of an open_clip pretrained tag are on disk already
+    (HF cache for hub-hosted tags, open_clip's download folder for URL ones)."""
+    import open_clip
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    if not cfg:
+        return True  # an unknown tag: open_clip's own error says so
+    if cfg.get("file"):
+        return Path(cfg["file"]).is_file()
+    if cfg.get("hf_hub"):
+        repo, filename = os.path.split(cfg["hf_hub"])
+        candidates = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        if filename.endswith(".bin"):
+            candidates.insert(0, filename[: -len(".bin")] + ".safetensors")
+        return any(isinstance(try_to_load_from_cache(repo, f), str) for f in candidates)
+    url = cfg.get("url", "")
+    return bool(url) and (Path.home() / ".cache" / "clip" / os.path.basename(url)).is_file()
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool):
+    """``HF_HUB_OFFLINE`` semantics for the duration: hub lookups answer from the cache."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = before or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
 def _load_hf(model_id: str, source: str) -> LoadedModel:
     import transformers
-
-    from huggingface_hub import constants
 
     transformers.utils.logging.disable_progress_bar()  # stderr is for messages and errors
 
@@ -171,9 +220,11 @@ def _load_hf(model_id: str, source: str) -> LoadedModel:
     try:
         config = transformers.AutoConfig.from_pretrained(model_id, local_files_only=True)
     except (OSError, ValueError) as err:
-        if constants.HF_HUB_OFFLINE:
+        if not hub_reachable():
             raise CrossGetError(
-                f"cannot load transformers model {model_id!r}: not a local folder and not in the HF cache", _offline_hint()
+                f"cannot load transformers model {model_id!r}: not a local folder, not in the HF cache, "
+                "and the hub cannot be reached",
+                _offline_hint(),
             ) from err
         local_only = False
         try:
@@ -186,8 +237,9 @@ def _load_hf(model_id: str, source: str) -> LoadedModel:
             ) from err
     try:
         model = hf_model_class(config).from_pretrained(model_id, local_files_only=local_only)
-    except (OSError, ValueError) as err:
-        raise CrossGetError(f"cannot load weights of {model_id!r}: {_first_line(err)}", _offline_hint()) from err
+    except UNREADABLE_ERRORS as err:
+        hint = _offline_hint() if _is_network_error(err) else _UNREADABLE_HINT
+        raise CrossGetError(f"cannot load weights of {model_id!r}: {unreadable_reason(err)}", hint) from err
     tokenizer, processor = hf_preprocessors(model_id, local_only)
     return LoadedModel(model.eval(), "hf-clip", source, tokenizer=tokenizer, image_processor=processor)
 
@@ -229,12 +281,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             if "TorchScript" not in str(err) and "constants.pkl" not in str(err):
                 raise
             obj = torch.jit.load(str(path), map_location="cpu").state_dict()
-    except Exception as err:
-        if isinstance(err, CrossGetError):
-            raise
-        raise CrossGetError(
-            f"cannot read checkpoint {path}: {_first_line(err)}", "is the file complete and a PyTorch/safetensors checkpoint?"
-        ) from err
+    except Exception as err:  # whatever the reader raises, the file is at fault
+        raise CrossGetError(f"cannot read checkpoint {path}: {unreadable_reason(err)}", _UNREADABLE_HINT) from err
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -312,6 +360,49 @@ def _looks_like_path(source: str) -> bool:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def unreadable_reason(err: BaseException) -> str:
+    """Why a weights file could not be read, in words a user can act on."""
+    if isinstance(err, pickle.UnpicklingError):
+        # torch's own message suggests loading it unsafely; say what it is instead
+        if "GLOBAL" in str(err):
+            return "it holds objects other than tensors and plain containers, and loading it could run code"
+        return "not a PyTorch checkpoint (unreadable pickle data)"
+    return _first_line(err)[:160]
+
+
+#: What reading a damaged, truncated or foreign weights file raises, by library.
+UNREADABLE_ERRORS: tuple[type[BaseException], ...] = (EOFError, pickle.UnpicklingError, RuntimeError, ValueError, OSError)
+try:
+    from safetensors import SafetensorError
+
+    UNREADABLE_ERRORS += (SafetensorError,)
+except ImportError:  # pragma: no cover - safetensors is a dependency
+    pass
+
+_UNREADABLE_HINT = "check that the file is complete and a PyTorch/safetensors checkpoint; re-save a pickle with safetensors"
+
+
+def hub_reachable() -> bool:
+    """Whether the Hugging Face hub can be asked at all: not in offline mode
+    (``HF_HUB_OFFLINE``) and its endpoint answers within 1.5 s. The endpoint is
+    asked once per process, so that an offline machine fails in a second instead
+    of retrying."""
+    from huggingface_hub import constants
+
+    return not constants.is_offline_mode() and _answers(constants.ENDPOINT)
+
+
+@functools.cache
+def _answers(endpoint: str) -> bool:
+    from huggingface_hub import get_session
+
+    try:
+        get_session().head(endpoint, timeout=1.5)
+    except Exception:  # DNS, refused, timeout, proxy: all mean "not now"
+        return False
+    return True
 
 
 def _is_network_error(err: BaseException) -> bool:
