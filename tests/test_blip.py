@@ -362,7 +362,8 @@ def test_eval_captioning_end_to_end(folders, data, tmp_path, name):
     captions = [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
     refs = {str(i): [f"a {c} square", f"a photo of a {c} square"] for i, c in enumerate(COLOURS)}
     expected = caption_scores(refs, {str(i): c for i, c in enumerate(captions)})
-    assert report["results"]["captioning"][str(small)] == pytest.approx(expected)
+    scores = report["results"]["captioning"][str(small)]
+    assert {k: scores[k] for k in expected} == pytest.approx(expected)  # METEOR too where Java is installed
 
 
 @pytest.mark.parametrize("name", ["vqa", "blip2"])

@@ -188,34 +188,14 @@ METRICS = __import__("pathlib").Path(__file__).parent / "data" / "metrics"
 
 def test_captioning_predictions_match_the_coco_caption_code(tmp_path):
     """Scores of a COCO results file against Karpathy-style references equal
-    pycocoevalcap's on the same captions (recorded in tests/data/metrics)."""
-    fixture = json.loads((METRICS / "coco_captions_input.json").read_text())
+    pycocoevalcap's on the same captions (recorded in tests/data/metrics). The
+    images are not on disk: scoring reads JSON only, as the official code does."""
     expected = json.loads((METRICS / "coco_captions_expected.json").read_text())["scores"]
-    images = [
-        {"filename": f"{image_id}.jpg", "cocoid": int(image_id), "split": "test", "sentences": [{"raw": r} for r in refs]}
-        for image_id, refs in fixture["refs"].items()
-    ]
-    for image in images:
-        Image.new("RGB", (8, 8)).save(tmp_path / image["filename"])
-    (tmp_path / "karpathy.json").write_text(json.dumps({"images": images}))
-    results = [{"image_id": int(i), "caption": c} for i, c in fixture["hyps"].items()]
-    (tmp_path / "results.json").write_text(json.dumps(results))
-    result = runner.invoke(
-        app,
-        [
-            "eval",
-            "-t",
-            "captioning",
-            "-d",
-            str(tmp_path / "karpathy.json"),
-            "--predictions",
-            str(tmp_path / "results.json"),
-            "--json",
-        ],
-    )
+    args, label = _caption_predictions(tmp_path)
+    result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    scores = report["results"]["captioning"][str(tmp_path / "results.json")]
+    scores = report["results"]["captioning"][label]
     for metric in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"):
         assert scores[metric] == pytest.approx(expected[metric], abs=1e-9), metric
     if "METEOR" not in scores:
@@ -224,6 +204,8 @@ def test_captioning_predictions_match_the_coco_caption_code(tmp_path):
 
 
 def test_vqa_predictions_match_the_official_code(tmp_path):
+    """Overall, per answer type and per question type equal the official
+    vqaEval.py's on VQAv2-format files, with no COCO image on disk."""
     fixture = json.loads((METRICS / "vqa_official_expected.json").read_text())
     annotations = fixture["annotations"]
     records = annotations["annotations"] if isinstance(annotations, dict) else annotations
@@ -231,8 +213,6 @@ def test_vqa_predictions_match_the_official_code(tmp_path):
         "data_subtype": "val2014",
         "questions": [{"question_id": r["question_id"], "image_id": r["image_id"], "question": "what?"} for r in records],
     }
-    for r in records:
-        Image.new("RGB", (8, 8)).save(tmp_path / f"COCO_val2014_{r['image_id']:012d}.jpg")
     (tmp_path / "q.json").write_text(json.dumps(questions))
     (tmp_path / "a.json").write_text(json.dumps({"annotations": records}))
     predictions = fixture["predictions"]
@@ -255,6 +235,13 @@ def test_vqa_predictions_match_the_official_code(tmp_path):
     assert scores["overall"] == pytest.approx(official["overall"])
     for kind, value in official["perAnswerType"].items():
         assert scores[kind] == pytest.approx(value)
+    report = json.loads(result.stdout)
+    per_type = report["breakdowns"]["vqa"][str(tmp_path / "results.json")]["per_question_type"]
+    assert per_type == official["perQuestionType"] and len(per_type) > 1
+    table = runner.invoke(app, [*args, "--predictions", str(tmp_path / "results.json"), "--verbose"])
+    assert table.exit_code == 0, table.output
+    for question_type, value in official["perQuestionType"].items():
+        assert any(question_type in line and f"{value:.2f}" in line for line in table.stdout.splitlines()), question_type
 
 
 class _EchoGenerator:
@@ -352,3 +339,75 @@ def test_builtin_shapes_benchmark_through_eval(tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache").iterdir())) == 2
     bad = runner.invoke(app, ["eval", "-m", str(tmp_path / "tiny"), "-t", "retrieval", "-d", "builtin:nope"])
     assert bad.exit_code == 2 and "builtin:shapes" in bad.stderr
+
+
+def _caption_predictions(tmp_path):
+    """Karpathy references and a COCO results file (no images) from the recorded fixture."""
+    fixture = json.loads((METRICS / "coco_captions_input.json").read_text())
+    images = [
+        {"filename": f"{image_id}.jpg", "cocoid": int(image_id), "split": "test", "sentences": [{"raw": r} for r in refs]}
+        for image_id, refs in fixture["refs"].items()
+    ]
+    (tmp_path / "karpathy.json").write_text(json.dumps({"images": images}))
+    results = [{"image_id": int(i), "caption": c} for i, c in fixture["hyps"].items()]
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    args = ["eval", "-t", "captioning", "-d", str(tmp_path / "karpathy.json"), "--predictions", str(tmp_path / "results.json")]
+    return args, str(tmp_path / "results.json")
+
+
+def _spice_offline(self, gts, res):
+    """SPICE on a machine without network: its downloader prints to stdout (from
+    Python and from a child process), then fails."""
+    import os
+
+    print("Downloading stanford-corenlp-3.6.0 for SPICE ...")
+    os.system("echo Downloading from a child process")
+    raise RuntimeError("could not download stanford-corenlp-full-2015-12-09.zip")
+
+
+@pytest.mark.skipif(
+    __import__("crossget_cli.tasks.metrics.caption", fromlist=["x"]).java_requirements_missing() != [],
+    reason="METEOR needs pycocoevalcap and Java",
+)
+def test_meteor_is_reported_when_spice_fails(tmp_path, monkeypatch, capfd):
+    """Only SPICE is mocked; METEOR is pycocoevalcap's, run in Java."""
+    from pycocoevalcap.spice.spice import Spice
+
+    monkeypatch.setattr(Spice, "compute_score", _spice_offline)
+    args, label = _caption_predictions(tmp_path)
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)  # nothing but the document on stdout
+    scores = report["results"]["captioning"][label]
+    expected = json.loads((METRICS / "coco_captions_expected.json").read_text())["scores"]
+    assert scores["METEOR"] == pytest.approx(expected["METEOR"], abs=1e-6)
+    assert "SPICE" not in scores
+    assert [n for n in report["notes"] if n.startswith("SPICE skipped:")] and not any("METEOR" in n for n in report["notes"])
+    assert "Downloading" not in capfd.readouterr().out  # the child's output went to stderr too
+
+
+def test_each_java_metric_stands_alone_and_stdout_stays_json(tmp_path, monkeypatch, capfd):
+    """Without Java here, the same contract with both scorers stood in for: a
+    scorer that prints and one that fails."""
+    from crossget_cli.tasks.metrics import caption
+
+    class Meteor:
+        def compute_score(self, gts, res):
+            print("METEOR: loading paraphrase table")
+            return 0.25, []
+
+    class Spice:
+        compute_score = _spice_offline
+
+    monkeypatch.setattr(caption, "java_requirements_missing", lambda: [])
+    monkeypatch.setattr(caption, "_java_scorer", lambda name: {"METEOR": Meteor, "SPICE": Spice}[name]())
+    args, label = _caption_predictions(tmp_path)
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["results"]["captioning"][label]["METEOR"] == 0.25
+    assert "SPICE" not in report["results"]["captioning"][label]
+    notes = report["notes"]
+    assert len(notes) == 1 and notes[0].startswith("SPICE skipped: SPICE (pycocoevalcap, Java) failed: could not download")
+    assert "note: SPICE skipped" in result.stderr
+    assert "Downloading" not in capfd.readouterr().out

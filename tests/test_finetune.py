@@ -261,6 +261,10 @@ def test_validation_keeps_the_best_epoch(shapes, tiny, tmp_path):
     assert result.exit_code == 0, result.output
     best = json.loads(result.stdout)["report"]["finetune"]["best"]
     assert best["metric"] == "r_mean" and 0 <= best["epoch"] < 3
+    validation = json.loads((out / "report.json").read_text())["finetune"]["validation"]
+    assert [v["epoch"] for v in validation] == [0, 1, 2]  # the convergence, not only the best epoch
+    assert max(v["scores"]["r_mean"] for v in validation) == best["value"]
+    assert validation[best["epoch"]]["scores"] == best["scores"]
     from crossget_cli.tasks.retrieval import retrieval_recall
 
     io = model_io(load_model(str(out)))
@@ -302,7 +306,16 @@ def test_resume_with_validation_exports_the_best_epoch(shapes, tiny, tmp_path):
     assert [r["step"] for r in resumed.history] == list(range(1, 9))
     assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in reference.history], abs=1e-6)
     log = [json.loads(line) for line in (tmp_path / "ckpt" / "train_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == list(range(1, 9))  # the steps redone after the crash are not repeated
+    steps = [r for r in log if "validation" not in r]
+    assert [r["step"] for r in steps] == list(range(1, 9))  # the steps redone after the crash are not repeated
+    # One validation per epoch, logged after the epoch's last step, each once.
+    assert [(v["epoch"], v["step"]) for v in reference.validation] == [(0, 4), (1, 8)]
+    assert resumed.validation == reference.validation
+    validated = [r for r in log if "validation" in r]
+    assert [(r["epoch"], r["step"], r["validation"]) for r in validated] == [
+        (v["epoch"], v["step"], v["scores"]) for v in reference.validation
+    ]
+    assert log.index(validated[0]) == 4  # right after step 4
     for (name, a), b in zip(whole.model.state_dict().items(), second.model.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6, rtol=0), name
 

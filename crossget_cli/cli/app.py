@@ -31,8 +31,10 @@ app = typer.Typer(
 )
 
 # Tables are wide: when piped (not a terminal) do not wrap them at 80 columns.
-stdout = Console(width=None if sys.stdout.isatty() else 240)
-stderr = Console(stderr=True)
+# Markup off: user text such as ``pip install 'crossget[coco]'`` or a path with
+# brackets is printed as written, never read as style tags.
+stdout = Console(width=None if sys.stdout.isatty() else 240, markup=False)
+stderr = Console(stderr=True, markup=False, highlight=False)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of a table.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
@@ -299,7 +301,7 @@ def compress(
     from .render import compress_table
 
     stdout.print(compress_table(result))
-    stderr.print(f"wrote {result.output}")
+    stdout.print(f"wrote {result.output}")  # a result, not a message: stderr stays empty on success
 
 
 @app.command()
@@ -354,11 +356,11 @@ def train(
         print_json({"output": str(result.output), **summary})
         return
     best = summary["best"]
-    stderr.print(
+    stdout.print(
         f"trained {summary['steps']} steps, final loss {summary['final_loss']:.4f}"
         + (f", best epoch {best['epoch']} ({best['metric']} {best['value']:.2f})" if best else "")
     )
-    stderr.print(f"wrote {result.output}")
+    stdout.print(f"wrote {result.output}")
 
 
 def _coop_run(recipe, data, image_root, split, epochs, max_steps, batch_size, lr, weight_decay, seed, device, coop: dict):
@@ -648,13 +650,16 @@ def eval_command(
     dtype: Annotated[str, typer.Option("--dtype", help="fp32, fp16 or bf16.")] = "fp32",
     limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate only the first N images (quick runs).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the JSON report to this file.")] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also print the breakdowns (VQA: accuracy per question type).")
+    ] = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ):
     """Evaluate models (original and compressed) or prediction files: retrieval, zero-shot, captioning, VQA."""
     from ..tasks.evaluation import EvalConfig, evaluate, evaluate_predictions
     from ..tasks.files import check_writable
-    from .render import eval_table, progress_bar
+    from .render import breakdown_tables, eval_table, progress_bar
 
     if not data:
         raise CrossGetError("no data given", "pass --data (a data file, folder or HF dataset)")
@@ -698,6 +703,8 @@ def eval_command(
         print_json(report)
     else:
         stdout.print(eval_table(report))
+        for table in breakdown_tables(report) if verbose else ():
+            stdout.print(table)
 
 
 def _generation_settings(recipe: Optional[Path], **flags) -> dict:

@@ -127,6 +127,28 @@ def eval_table(report: dict) -> Table:
     return table
 
 
+def breakdown_tables(report: dict) -> list[Table]:
+    """One table per breakdown of the scores (VQA: per question type): a row per
+    category, a column per model."""
+    task = report["task"]
+    breakdowns = report.get("breakdowns", {}).get(task, {})
+    tables = []
+    for name in dict.fromkeys(k for per_model in breakdowns.values() for k in per_model):
+        columns = {label: per_model[name] for label, per_model in breakdowns.items() if name in per_model}
+        table = Table(title=f"{task} {name.replace('_', ' ')}")
+        table.add_column(name.removeprefix("per_").replace("_", " "))
+        for label in columns:
+            table.add_column(label, justify="right")
+        for category in dict.fromkeys(c for values in columns.values() for c in values):
+            table.add_row(category or "(none)", *(_cell(values.get(category)) for values in columns.values()))
+        tables.append(table)
+    return tables
+
+
+def _cell(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 @contextlib.contextmanager
 def training_progress(enabled: bool) -> Iterator[Callable[[dict], None] | None]:
     """A Rich status line with step, loss and throughput on stderr while training."""

@@ -12,7 +12,7 @@ from .matching import (
 )
 from .merge import ensemble_merge, merge_sum
 from .losses import contrastive_loss, js_loss
-from .state import TokenState, collect_cross_tokens, publish_cross_tokens, trace_reduction
+from .state import TokenState, collect_cross_tokens, publish_cross_tokens, time_reductions, trace_reduction
 
 __all__ = [
     "MergePlan",
@@ -29,5 +29,6 @@ __all__ = [
     "protected_indices",
     "publish_cross_tokens",
     "token_schedule",
+    "time_reductions",
     "trace_reduction",
 ]

@@ -10,6 +10,7 @@ the attention bias, the cross-token injection and the reduction step.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -43,6 +44,7 @@ class _Slot:
 
 _TRACE = _Slot()
 _CROSS = _Slot()
+_TIMING = _Slot()
 
 
 def trace_reduction() -> contextlib.AbstractContextManager[list[dict]]:
@@ -55,6 +57,17 @@ def trace_reduction() -> contextlib.AbstractContextManager[list[dict]]:
     one lookup.
     """
     return _TRACE.holding([])
+
+
+def time_reductions() -> contextlib.AbstractContextManager[list[float]]:
+    """Time every reduction step (matching + merging) run inside the block.
+
+    Yields a list that receives the wall seconds of each step, measured on the
+    host: CPU time what it costs, without a profiler (a profiler prints to
+    stderr and probes for a GPU). On a GPU the kernels run asynchronously, so
+    there the ``REDUCE_LABEL`` ranges of ``torch.profiler`` are the measure.
+    """
+    return _TIMING.holding([])
 
 
 def collect_cross_tokens() -> contextlib.AbstractContextManager[dict[str, list[torch.Tensor]]]:
@@ -222,8 +235,14 @@ class TokenState:
         r = self.clamped_r(r, x.shape[1])
         if r == 0:
             return x
-        with torch.profiler.record_function(REDUCE_LABEL):
-            return self._reduce(x, keys, queries, r, num_heads, importance)
+        timings = _TIMING.value
+        if timings is None:
+            with torch.profiler.record_function(REDUCE_LABEL):
+                return self._reduce(x, keys, queries, r, num_heads, importance)
+        start = time.perf_counter()
+        reduced = self._reduce(x, keys, queries, r, num_heads, importance)
+        timings.append(time.perf_counter() - start)
+        return reduced
 
     def _reduce(
         self, x: torch.Tensor, keys: torch.Tensor, queries: torch.Tensor | None, r: int, num_heads: int, importance

@@ -303,7 +303,8 @@ class VQAData:
         question_ids, image_paths, questions: per question.
         image_ids: per question, the image's id (None entries where the data has none).
         answers: per question, the human answers (10 in VQAv2), or None without annotations.
-        multiple_choice_answers, answer_types: per question when annotated (entries may be None).
+        multiple_choice_answers, answer_types, question_types: per question when
+            annotated (entries may be None; ``question_type`` is VQAv2's, e.g. "what color is the").
     """
 
     question_ids: list[Any]
@@ -313,6 +314,7 @@ class VQAData:
     answers: list[list[str]] | None = None
     multiple_choice_answers: list[str | None] | None = None
     answer_types: list[str | None] | None = None
+    question_types: list[str | None] | None = None
 
     def __len__(self) -> int:
         return len(self.questions)
@@ -337,6 +339,7 @@ class VQAData:
             cut(self.answers),
             cut(self.multiple_choice_answers),
             cut(self.answer_types),
+            cut(self.question_types),
         )
 
 
@@ -618,12 +621,15 @@ def load_retrieval(
     image_column: str = "image",
     caption_column: str = "caption",
     limit: int | None = None,
+    check_images: bool = True,
 ) -> RetrievalData:
     """Read image-text retrieval data from any format of the module doc.
 
     ``split`` filters Karpathy JSON and picks an HF split; BLIP/CSV/JSONL files are
     already one split each and ignore it. ``image_column``/``caption_column`` name the
     columns of BLIP JSON, CSV/JSONL and HF data. ``limit`` keeps the first images.
+    ``check_images=False`` skips the check that every image file exists (scoring
+    a predictions file needs the references only).
     ``builtin:shapes-test`` style names are the seeded benchmark of :mod:`.shapes`,
     generated on first use.
     """
@@ -654,12 +660,14 @@ def load_retrieval(
         else:
             raise CrossGetError(f"unsupported data file {path}", "pass a .json, .jsonl, .csv or .tsv file, or a dataset folder")
         result = result.limit(limit)
-        _check_exist(result.image_paths, os.fspath(path), image_root)
+        if check_images:
+            _check_exist(result.image_paths, os.fspath(path), image_root)
         return result
     obj, name = _hf_load(kind, value, split)
     result, need = _hf_retrieval(obj, name, split, image_root, image_column, caption_column)
     result = result.limit(limit)
-    _check_hf_exist(result.image_paths, need, name, image_root)
+    if check_images:
+        _check_hf_exist(result.image_paths, need, name, image_root)
     return result
 
 
@@ -751,10 +759,17 @@ def load_captions(
     image_column: str = "image",
     caption_column: str = "caption",
     limit: int | None = None,
+    check_images: bool = True,
 ) -> CaptionData:
     """Captioning references: the same formats and arguments as :func:`load_retrieval`."""
     data = load_retrieval(
-        source, image_root=image_root, split=split, image_column=image_column, caption_column=caption_column, limit=limit
+        source,
+        image_root=image_root,
+        split=split,
+        image_column=image_column,
+        caption_column=caption_column,
+        limit=limit,
+        check_images=check_images,
     )
     return CaptionData.from_retrieval(data)
 
@@ -1097,6 +1112,7 @@ def load_vqa(
     question_column: str = "question",
     answers_column: str = "answers",
     limit: int | None = None,
+    check_images: bool = True,
 ) -> VQAData:
     """Read VQA questions (and answers when available).
 
@@ -1134,7 +1150,8 @@ def load_vqa(
     else:
         raise CrossGetError(f"unsupported VQA file {path}", "pass a VQAv2 question .json or a .jsonl file")
     result = result.limit(limit)
-    _check_exist(result.image_paths, os.fspath(path), image_root)
+    if check_images:  # not when only the answers are scored
+        _check_exist(result.image_paths, os.fspath(path), image_root)
     return result
 
 
@@ -1183,6 +1200,7 @@ def _vqav2(path: Path, data: dict, annotations: Any, image_root: Any, split: str
     result.answers = [_answers(by_qid[q].get("answers"), f"{ann_path} question_id {q}") for q in qids]
     result.multiple_choice_answers = [by_qid[q].get("multiple_choice_answer") for q in qids]
     result.answer_types = [by_qid[q].get("answer_type") for q in qids]
+    result.question_types = [by_qid[q].get("question_type") for q in qids]
     return result
 
 
@@ -1217,7 +1235,7 @@ def _vqa_records(
         raise CrossGetError(f"{path} holds no questions", "pass a file with at least one record")
     root = _base(image_root, path)
     annotated = answers_column in rows[0]
-    out = VQAData([], [], [], [], [] if annotated else None, [] if annotated else None, [] if annotated else None)
+    out = VQAData([], [], [], [], *([[] for _ in range(4)] if annotated else [None] * 4))
     for n, row in enumerate(rows, 1):
         out.question_ids.append(row.get("question_id", n - 1))
         out.image_paths.append(_join(root, str(_field(row, image_column, path, n, "--image-column"))))
@@ -1230,6 +1248,7 @@ def _vqa_records(
             out.answers.append(_answers(_field(row, answers_column, path, n, "--answers-column"), f"{path} record {n}"))
             out.multiple_choice_answers.append(row.get("multiple_choice_answer"))
             out.answer_types.append(row.get("answer_type"))
+            out.question_types.append(row.get("question_type"))
     return out
 
 

@@ -120,7 +120,7 @@ def evaluate_predictions(predictions: Sequence[str], config: EvalConfig) -> dict
     ``captioning``, VQAv2 results (``[{"question_id", "answer"}]``) for ``vqa``."""
     if config.task not in ("captioning", "vqa"):
         raise CrossGetError(f"--predictions scores captioning or vqa, not {config.task}", "evaluate models with --model instead")
-    data = _load_data(config)
+    data = _load_data(config, check_images=False)  # the official evaluators read JSON only
     results = {}
     notes: list[str] = []
     for path in predictions:
@@ -158,12 +158,10 @@ def _keyed(loaded, key: str, value: str, path: str) -> dict[str, str]:
 
 
 def _caption_metrics(data, captions: dict[str, str], notes: list[str]) -> dict[str, float]:
-    """BLEU, CIDEr, ROUGE-L always; METEOR and SPICE when pycocoevalcap and Java
-    are installed (skipped with a note otherwise)."""
-    import importlib.util
-    import shutil
-
-    from .metrics.caption import caption_scores
+    """BLEU, CIDEr, ROUGE-L always; METEOR and SPICE each when it can be computed
+    (pycocoevalcap and Java installed; SPICE also needs CoreNLP), else skipped
+    with a note of its own."""
+    from .metrics.caption import caption_scores, java_requirements_missing
 
     ids = [str(i) for i in (data.image_ids or range(len(data.image_paths)))]
     unknown = sorted(set(captions) - set(ids))
@@ -172,14 +170,12 @@ def _caption_metrics(data, captions: dict[str, str], notes: list[str]) -> dict[s
             f"{len(unknown)} predicted image id(s) are not in the references, e.g. {unknown[0]!r}", "use the image ids of --data"
         )
     refs = {i: data.references[n] for n, i in enumerate(ids) if i in captions}
-    if importlib.util.find_spec("pycocoevalcap") is None or shutil.which("java") is None:
+    if java_requirements_missing():
         _note(notes, "METEOR and SPICE skipped: they need pycocoevalcap (pip install 'crossget[coco]') and a Java runtime")
         return caption_scores(refs, captions)
-    try:
-        return caption_scores(refs, captions, meteor_spice=True)
-    except CrossGetError as err:
-        _note(notes, f"METEOR and SPICE skipped: {err}")
-        return caption_scores(refs, captions)
+    return caption_scores(
+        refs, captions, meteor_spice=True, on_skip=lambda name, err: _note(notes, f"{name} skipped: {err}")
+    )
 
 
 def _note(notes: list[str], text: str) -> None:
@@ -187,20 +183,36 @@ def _note(notes: list[str], text: str) -> None:
         notes.append(text)
 
 
-def _vqa_metrics(data, answers: dict[str, str], config: EvalConfig) -> dict[str, float]:
+def _vqa_metrics(data, answers: dict[str, str], config: EvalConfig) -> dict[str, Any]:
+    """Overall and per-answer-type accuracy, and (a breakdown, not a column) per
+    question type when the annotations carry VQAv2's ``question_type``."""
     from .metrics.vqa import vqa_accuracy
 
     if data.answers is None:
         raise CrossGetError("the VQA data has no answers to score against", "pass --annotations with the VQAv2 annotation JSON")
-    records = [
-        {"question_id": str(qid), "answers": answers_, "answer_type": kind or "other"}
-        for qid, answers_, kind in zip(data.question_ids, data.answers, data.answer_types or [None] * len(data.answers))
-    ]
+    n = len(data.answers)
+    records = []
+    for qid, answers_, kind, question_type in zip(
+        data.question_ids, data.answers, data.answer_types or [None] * n, data.question_types or [None] * n
+    ):
+        record = {"question_id": str(qid), "answers": answers_, "answer_type": kind or "other"}
+        if question_type is not None:
+            record["question_type"] = question_type
+        records.append(record)
+    if any("question_type" in r for r in records):  # the official code buckets every question
+        for record in records:
+            record.setdefault("question_type", "")
     scores = vqa_accuracy(answers, records, variant=config.vqa_variant)
-    return {"overall": scores["overall"], **scores["per_answer_type"]}
+    out: dict[str, Any] = {"overall": scores["overall"], **scores["per_answer_type"]}
+    if "per_question_type" in scores:
+        out["per_question_type"] = scores["per_question_type"]
+    return out
 
 
 def _report(config: EvalConfig, results: dict, data, notes: Sequence[str] = ()) -> dict[str, Any]:
+    # Scores are columns; nested breakdowns (VQA per question type) are reported apart.
+    breakdowns = {label: {k: v for k, v in scores.items() if isinstance(v, dict)} for label, scores in results.items()}
+    results = {label: {k: v for k, v in scores.items() if not isinstance(v, dict)} for label, scores in results.items()}
     reference = next(iter(results.values()))
     deltas = {
         label: {metric: value - reference[metric] for metric, value in scores.items() if metric in reference}
@@ -213,6 +225,7 @@ def _report(config: EvalConfig, results: dict, data, notes: Sequence[str] = ()) 
         "models": list(results),
         "results": {config.task: results},
         "deltas": {config.task: deltas},
+        **({"breakdowns": {config.task: breakdowns}} if any(breakdowns.values()) else {}),
         "num_items": _num_items(data),
         "notes": list(notes),
     }
@@ -231,12 +244,18 @@ def _bind(progress: Progress | None, label: str):
     return lambda done, total, what: progress(f"{label}: {what}", done, total)
 
 
-def _load_data(config: EvalConfig):
+def _load_data(config: EvalConfig, check_images: bool = True):
     from . import data
 
     common = dict(split=config.split, image_column=config.image_column, limit=config.limit)
     if config.task in ("retrieval", "captioning"):
-        kwargs = dict(common, split=config.split or "test", caption_column=config.caption_column, image_root=config.image_root)
+        kwargs = dict(
+            common,
+            split=config.split or "test",
+            caption_column=config.caption_column,
+            image_root=config.image_root,
+            check_images=check_images,
+        )
         loader = data.load_retrieval if config.task == "retrieval" else data.load_captions
         return loader(config.data, **kwargs)
     if config.task == "zeroshot":
@@ -248,7 +267,12 @@ def _load_data(config: EvalConfig):
 
         return load_multiple_choice(config.data, image_root=config.image_root, limit=config.limit)
     return data.load_vqa(
-        config.data, annotations=config.annotations, image_root=config.image_root, split=config.split, limit=config.limit
+        config.data,
+        annotations=config.annotations,
+        image_root=config.image_root,
+        split=config.split,
+        limit=config.limit,
+        check_images=check_images,
     )
 
 

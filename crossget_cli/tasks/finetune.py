@@ -21,7 +21,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
@@ -225,9 +225,16 @@ class FinetuneResult:
     history: list[dict]
     best: dict | None  # {"epoch", "metric", "value"} when validation ran
     config: FinetuneConfig
+    validation: list[dict] = field(default_factory=list)  # per epoch: {"epoch", "step", "scores"}
 
     def to_dict(self) -> dict:
-        return {"steps": self.steps, "final_loss": self.final_loss, "best": self.best, "config": asdict(self.config)}
+        return {
+            "steps": self.steps,
+            "final_loss": self.final_loss,
+            "best": self.best,
+            "validation": self.validation,
+            "config": asdict(self.config),
+        }
 
 
 class _Pairs(Dataset):
@@ -369,12 +376,20 @@ def _average_gradients(params: list[nn.Parameter], world: int) -> None:
         param.grad /= world
 
 
-def _truncate_log(log: Path, step: int) -> None:
+def _truncate_log(log: Path, step: int, validated: list[dict]) -> None:
     """Drop the log records written after the checkpoint being resumed (they are
-    about to be run again)."""
+    about to be run again): later steps, and a validation of the checkpoint's
+    step that the checkpoint does not hold (it will be scored again)."""
     if not log.is_file():
         return
-    kept = [line for line in log.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    done = {(v["epoch"], v["step"]) for v in validated}
+
+    def keep(record: dict) -> bool:
+        if "validation" in record:
+            return (record["epoch"], record["step"]) in done
+        return record.get("step", 0) <= step
+
+    kept = [line for line in log.read_text().splitlines() if line.strip() and keep(json.loads(line))]
     write_atomic(log, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
 
 
@@ -461,7 +476,7 @@ def finetune(
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16")
     amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.amp)
 
-    step, epoch, position, history, best, best_state = 0, 0, 0, [], None, None
+    step, epoch, position, history, best, best_state, validation = 0, 0, 0, [], None, None, []
     checkpoint = Path(config.checkpoint_dir) / CHECKPOINT_FILE if config.checkpoint_dir else None
     if config.resume:
         if not checkpoint.is_file():
@@ -475,11 +490,12 @@ def finetune(
         _set_rng_state(saved["rng"])
         step, epoch, position, best = saved["step"], saved["epoch"], saved["position"], saved["best"]
         history, best_state = list(saved.get("history", [])), saved.get("best_state")
+        validation = list(saved.get("validation", []))
     if checkpoint is not None and rank == 0:
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
     log = checkpoint.parent / LOG_FILE if checkpoint is not None else None
     if config.resume and log is not None and rank == 0:
-        _truncate_log(log, step)
+        _truncate_log(log, step, validation)
 
     def save_checkpoint():
         if checkpoint is None or rank != 0:
@@ -496,6 +512,7 @@ def finetune(
             "best": best,
             "best_state": best_state,  # the export after an interruption must be the best epoch's
             "history": history,
+            "validation": validation,
             "config": asdict(config),
             "settings": settings,
         }
@@ -553,6 +570,10 @@ def finetune(
                 scores = evaluate(io)
                 model.train()
                 metric = objective.metric
+                validation.append({"epoch": epoch, "step": step, "metric": metric, "scores": scores})
+                if log is not None:
+                    with open(log, "a") as handle:
+                        handle.write(json.dumps({"step": step, "epoch": epoch, "validation": scores}) + "\n")
                 if best is None or scores[metric] > best["value"]:
                     best = {"epoch": epoch, "metric": metric, "value": scores[metric], "scores": scores}
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -565,7 +586,7 @@ def finetune(
     model.eval()
     for param in model.parameters():
         param.requires_grad_(True)
-    return FinetuneResult(step, last_loss, history, best, config)
+    return FinetuneResult(step, last_loss, history, best, config, validation)
 
 
 # Objectives of the other model families register themselves on import.

@@ -41,7 +41,8 @@ from torch import nn
 from ..api import patch, unpatch
 from ..config import METHODS, plain_r, validate_r
 from ..errors import CrossGetError
-from ..core.state import REDUCE_LABEL
+from ..core.state import REDUCE_LABEL, time_reductions
+from .cpu_memory import peak_allocated_bytes
 from .cuda_graphs import capture_graph, require_cuda_graphs
 from .flops import model_macs
 from .loading import DTYPES
@@ -426,24 +427,6 @@ def _top_level(events, name: str):
     return found
 
 
-def _cpu_peak_bytes(prof) -> float | None:
-    """Peak of the running sum of CPU allocations minus frees that torch's
-    allocator reported to the profiler during the profiled region."""
-    try:
-        events = [
-            e
-            for e in prof.profiler.kineto_results.events()
-            if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
-        ]
-    except AttributeError:
-        return None
-    running = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
-        running += event.nbytes()
-        peak = max(peak, running)
-    return float(peak)
-
-
 @dataclass
 class _Variant:
     vision_r: Any
@@ -661,13 +644,13 @@ def _methods(cuda: bool, batch: int, compiled: bool, graphed: bool = False) -> t
         )
     else:
         memory = (
-            f"cpu: peak of the running sum of tensor allocations minus frees reported by torch's CPU allocator "
-            f"(torch.profiler profile_memory) during one forward at batch {batch}; weights excluded; not the "
-            f"process RSS (allocator caching and memory BLAS/oneDNN take outside torch's allocator are not seen){eager}"
+            f"cpu: peak of the bytes of tensors created during one forward at batch {batch} and alive at once "
+            "(a dispatch mode tracking each storage from the op that returns it to its release); weights and inputs "
+            f"excluded; not the process RSS (allocator caching and memory BLAS/oneDNN take outside tensors are not seen){eager}"
         )
         matching = (
-            f"CPU wall time of the '{REDUCE_LABEL}' record_function ranges (matching + merging) in one torch.profiler "
-            f"forward at batch {batch}{eager}; fraction of that forward's wall time"
+            f"CPU wall time of the reduction steps (matching + merging; host timers, no profiler) in one forward "
+            f"at batch {batch}{eager}; fraction of that forward's wall time"
         )
     return memory, matching
 
@@ -676,33 +659,36 @@ def _profiled_forward(
     call: Callable, timed_call: Callable, x: torch.Tensor, cuda: bool, sync: Callable, device
 ) -> tuple[float | None, float, float]:
     """(peak memory MB, reduction ms, forward ms): the reduction time and the
-    forward time from one profiled run of ``call``; on CUDA the memory from one
-    run of ``timed_call`` (the callable that was timed)."""
+    forward time from one instrumented run of ``call``; the memory from one run
+    of ``timed_call`` (the callable that was timed) on CUDA, of ``call`` on the CPU.
+
+    The CPU needs no profiler: host timers are the measure there, and a dispatch
+    mode counts the memory (Kineto would print to stderr and probe for a GPU)."""
+    if not cuda:
+        with time_reductions() as steps:
+            start = time.perf_counter()
+            call(x)
+            forward_s = time.perf_counter() - start
+        memory = peak_allocated_bytes(call, x) / 2**20
+        return memory, sum(steps) * 1e3, forward_s * 1e3
+
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    memory = None
-    if cuda:
-        sync()
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        timed_call(x)
-        sync()
-        memory = (torch.cuda.max_memory_allocated(device) - before) / 2**20
     sync()
-    with profile(activities=activities, profile_memory=not cuda) as prof:
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    timed_call(x)
+    sync()
+    memory = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         with record_function(_FORWARD_LABEL):
             call(x)
         sync()
     events = prof.events()
-    if not cuda:
-        peak = _cpu_peak_bytes(prof)
-        memory = None if peak is None else peak / 2**20
 
     def total_us(event) -> float:
-        if cuda:
-            return event.device_time_total or event.cpu_time_total
-        return event.cpu_time_total
+        return event.device_time_total or event.cpu_time_total
 
     reduce_us = sum(total_us(e) for e in _top_level(events, REDUCE_LABEL))
     forward_us = sum(total_us(e) for e in _top_level(events, _FORWARD_LABEL))

@@ -88,12 +88,15 @@ tokenizer (none of these matters for COCO captions as far as we know):
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
+import os
 import re
 import shutil
+import sys
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Callable
 
 from ...errors import CrossGetError
 
@@ -876,38 +879,79 @@ def rouge_l(refs: Mapping[Hashable, Sequence[str]], hyps: Mapping[Hashable, str]
     return _rouge_l(refs, hyps)
 
 
-def _meteor_spice(refs: dict, hyps: dict) -> dict[str, float]:
+#: The metrics computed by pycocoevalcap's Java scorers, and what each needs
+#: beyond Java (the hint of its error).
+JAVA_METRICS = {
+    "METEOR": "check that `java -jar` works and has 2 GB of heap",
+    "SPICE": "SPICE downloads Stanford CoreNLP 3.6.0 into pycocoevalcap/spice/lib on first use "
+    "(needs internet) and 8 GB of Java heap",
+}
+
+
+def java_requirements_missing() -> list[str]:
+    """What the Java scorers need and this environment lacks (empty: all there)."""
     missing = []
     if importlib.util.find_spec("pycocoevalcap") is None:
         missing.append("the pycocoevalcap package")
     if shutil.which("java") is None:
         missing.append("a Java runtime (`java` on PATH)")
+    return missing
+
+
+def java_scores(refs: dict, hyps: dict, names=tuple(JAVA_METRICS)) -> tuple[dict[str, float], dict[str, CrossGetError]]:
+    """METEOR and SPICE through pycocoevalcap, each on its own: ``(scores, failed)``
+    with ``failed[name]`` the error of a metric that could not be computed (SPICE
+    offline, say), so the other is still reported. Whatever the scorers print goes
+    to stderr: stdout may be a ``--json`` document."""
+    missing = java_requirements_missing()
     if missing:
-        raise CrossGetError(
-            "METEOR and SPICE need " + " and ".join(missing),
+        error = CrossGetError(
+            " and ".join(names) + " need " + " and ".join(missing),
             "`pip install pycocoevalcap` and install Java 8+ (e.g. `apt-get install default-jre`), "
             "or leave METEOR/SPICE out (meteor_spice=False)",
         )
-    from pycocoevalcap.meteor.meteor import Meteor
-    from pycocoevalcap.spice.spice import Spice
-
+        return {}, {name: error for name in names}
     gts = {k: list(v) for k, v in refs.items()}
     res = {k: [v] for k, v in hyps.items()}
-    out = {}
+    scores, failed = {}, {}
+    for name in names:
+        try:
+            with _stdout_to_stderr():
+                scores[name] = float(_java_scorer(name).compute_score(gts, res)[0])
+        except Exception as exc:  # the Java process died, a download failed, ...
+            failed[name] = CrossGetError(f"{name} (pycocoevalcap, Java) failed: {_first_line(exc)}", JAVA_METRICS[name])
+    return scores, failed
+
+
+def _java_scorer(name: str):
+    if name == "METEOR":
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        return Meteor()
+    from pycocoevalcap.spice.spice import Spice
+
+    return Spice()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Send ``print`` and child processes' output (SPICE's "Downloading
+    stanford-corenlp...", Java's progress) to stderr for the duration."""
+    sys.stdout.flush()
+    saved = os.dup(1)
     try:
-        out["METEOR"] = float(Meteor().compute_score(gts, res)[0])
-    except Exception as exc:  # the Java process died or printed something unexpected
-        raise CrossGetError(
-            f"METEOR (pycocoevalcap, Java) failed: {exc!r}", "check that `java -jar` works and has 2 GB of heap"
-        ) from exc
-    try:
-        out["SPICE"] = float(Spice().compute_score(gts, res)[0])
-    except Exception as exc:
-        raise CrossGetError(
-            f"SPICE (pycocoevalcap, Java) failed: {exc!r}",
-            "SPICE downloads Stanford CoreNLP 3.6.0 into pycocoevalcap/spice/lib on first use (needs internet) and 8 GB of Java heap",
-        ) from exc
-    return out
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def caption_scores(
@@ -915,11 +959,13 @@ def caption_scores(
     hyps: Mapping[Hashable, str],
     meteor_spice: bool = False,
     tokenize: bool = True,
+    on_skip: Callable[[str, CrossGetError], None] | None = None,
 ) -> dict[str, float]:
     """The COCO caption metrics under their COCO names: ``Bleu_1`` .. ``Bleu_4``,
     ``CIDEr``, ``ROUGE_L`` (0..1 scale, CIDEr x10 as the COCO server), plus
     ``METEOR`` and ``SPICE`` through pycocoevalcap and Java with
-    ``meteor_spice=True``.
+    ``meteor_spice=True``: a failing one raises, or with ``on_skip`` is left out
+    and handed to ``on_skip(name, error)`` (each stands alone).
 
     ``refs``: {image_id: [reference caption, ...]}; ``hyps``: {image_id: caption}.
     Raw strings are PTB-tokenized as pycocoevalcap does (``tokenize=False`` for
@@ -927,11 +973,17 @@ def caption_scores(
     refs, hyps = _prepared(refs, hyps, tokenize)
     b = _bleu(refs, hyps)
     scores = {f"Bleu_{i + 1}": b[i] for i in range(4)}
+    extra: dict[str, float] = {}
     if meteor_spice:
-        extra = _meteor_spice(refs, hyps)
+        extra, failed = java_scores(refs, hyps)
+        for name, error in failed.items():
+            if on_skip is None:
+                raise error
+            on_skip(name, error)
+    if "METEOR" in extra:
         scores["METEOR"] = extra["METEOR"]
     scores["ROUGE_L"] = _rouge_l(refs, hyps)
     scores["CIDEr"] = _cider_d(refs, hyps)
-    if meteor_spice:
+    if "SPICE" in extra:
         scores["SPICE"] = extra["SPICE"]
     return scores
