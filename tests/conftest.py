@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +16,24 @@ GOLDEN = Path(__file__).parent / "golden" / "clip_tiny.pt"
 def golden() -> dict:
     """Outputs of the official CrossGET code on a tiny random CLIP (SPEC §9)."""
     return torch.load(GOLDEN, weights_only=True)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _easy_vqa_wheel_once():
+    """Tests point CROSSGET_CACHE at temporary folders; the easy-vqa wheel the
+    shapes benchmark reads is fetched once (into the default cache) and shared."""
+    from crossget_cli.errors import CrossGetError
+    from crossget_cli.tasks.shapes import easy_vqa_wheel
+
+    if "CROSSGET_EASY_VQA_WHEEL" in os.environ:
+        yield
+        return
+    try:
+        os.environ["CROSSGET_EASY_VQA_WHEEL"] = str(easy_vqa_wheel())
+    except CrossGetError:  # no PyPI: the shapes tests say so themselves
+        pass
+    yield
+    os.environ.pop("CROSSGET_EASY_VQA_WHEEL", None)
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,6 @@ from crossget_cli.cli.app import app
 from crossget_cli.tasks import shapes
 from crossget_cli.tasks.loading import BUILTIN_MODELS
 
-pytest.importorskip("easy_vqa")
 runner = CliRunner()
 N = 200  # the first 200 composites of builtin:shapes-test
 #: Correct items among them, recorded with `crossget eval -m crossget-shapes-tiny` when the weights were made.

@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("easy_vqa")
-
 from crossget_cli.errors import CrossGetError
 from crossget_cli.tasks import shapes
 from crossget_cli.tasks.data import load_retrieval
@@ -261,3 +259,44 @@ def test_single_object_set_reads_as_zero_shot_classification(tmp_path, monkeypat
     with pytest.raises(CrossGetError, match="not class names"):
         monkeypatch.setitem(shapes.PRESETS, "shapes", shapes.ShapesConfig(grid=2, empty_prob=0.0, n_train=0, n_test=3))
         load_classification("builtin:shapes-test")
+
+
+# -- the easy-VQA source: its wheel read as an archive, never installed -------------
+
+
+def test_easy_vqa_is_not_installed_so_the_standard_test_package_is_not_shadowed():
+    """The easy-vqa wheel installs a top-level ``test`` package; crossget reads the
+    wheel instead of depending on it."""
+    import importlib.metadata
+    import importlib.util
+    import sysconfig
+    from pathlib import Path
+
+    requires = importlib.metadata.requires("crossget") or []
+    assert not [r for r in requires if r.lower().startswith("easy-vqa")]
+    spec = importlib.util.find_spec("test")
+    assert spec is None or Path(spec.origin).parent.parent == Path(sysconfig.get_paths()["stdlib"])
+
+
+def test_a_wheel_other_than_the_pinned_one_is_refused(tmp_path, monkeypatch):
+    fake = tmp_path / shapes.EASY_VQA_WHEEL
+    fake.write_bytes(b"PK\x05\x06" + bytes(18))
+    monkeypatch.setenv("CROSSGET_EASY_VQA_WHEEL", str(fake))
+    with pytest.raises(CrossGetError, match="SHA-256 differs"):
+        shapes.easy_vqa_wheel()
+    monkeypatch.setenv("CROSSGET_EASY_VQA_WHEEL", str(tmp_path / "missing.whl"))
+    with pytest.raises(CrossGetError, match="no such file") as refused:
+        shapes.easy_vqa_wheel()
+    assert "pip download easy-vqa==1.0 --no-deps" in refused.value.hint
+
+
+def test_a_failed_fetch_is_one_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.delenv("CROSSGET_EASY_VQA_WHEEL", raising=False)
+    monkeypatch.setenv("CROSSGET_CACHE", str(tmp_path / "cache"))
+    failed = subprocess.CompletedProcess([], 1, "", "ERROR: Could not find a version that satisfies the requirement\n")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: failed)
+    with pytest.raises(CrossGetError, match="cannot fetch the easy-vqa wheel.*Could not find a version"):
+        shapes.easy_vqa_wheel()
+    assert list((tmp_path / "cache" / "sources").iterdir()) == []

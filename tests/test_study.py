@@ -11,7 +11,6 @@ from crossget_cli.cli.app import app
 from crossget_cli.tasks import shapes, study
 from tiny_models import save_openclip_folder
 
-pytest.importorskip("easy_vqa")
 runner = CliRunner()
 
 

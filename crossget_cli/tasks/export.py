@@ -14,7 +14,6 @@ run leaves nothing half-written.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -29,7 +28,7 @@ from ..api import patch, reduction_config
 from ..config import plain_r
 from ..errors import CrossGetError
 from ..recipes import FinetuneSpec, ModelSpec, Recipe, ReductionSpec, load_recipe
-from .files import check_writable, write_folder
+from .files import check_writable, sha256, write_folder
 from .loading import LoadedModel, build_openclip, dtype_name, load_model
 
 if TYPE_CHECKING:
@@ -279,14 +278,6 @@ def _provenance(weights: Path) -> dict[str, Any]:
             "transformers": transformers.__version__,
         },
     }
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_exported(path: str | Path) -> LoadedModel:

@@ -10,6 +10,7 @@ a :class:`~crossget_cli.errors.CrossGetError` naming the path."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import secrets
@@ -22,6 +23,15 @@ from typing import Callable, Iterator
 from ..errors import CrossGetError
 
 _WRITE_HINT = "choose another location, or check its permissions and free space"
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def check_writable(path: str | os.PathLike, option: str = "--output", *, folder: bool = False) -> None:

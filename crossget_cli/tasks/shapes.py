@@ -1,6 +1,6 @@
 """A built-in, seeded image-text benchmark made of easy-VQA images ("shapes").
 
-`easy-VQA <https://github.com/vzhou842/easy-VQA>`_ (MIT, ``pip install easy-vqa``)
+`easy-VQA <https://github.com/vzhou842/easy-VQA>`_ (MIT; its PyPI wheel ``easy-vqa`` 1.0 is read as an archive, never installed: see :func:`easy_vqa_wheel`)
 ships 4000 train and 1000 test 64x64 PNGs, each one shape (circle, rectangle,
 triangle) in one of 8 colours on a light, flat background. One such image is far
 too easy for retrieval (84% of it is background), so a **composite** puts
@@ -52,6 +52,7 @@ generates a preset once into a cache folder for ``builtin:shapes-test`` style da
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -69,7 +70,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import CrossGetError
-from .files import replace_folder
+from .files import replace_folder, sha256
 
 #: Bumped whenever the same config would produce different pixels or JSON.
 FORMAT_VERSION = 1
@@ -93,7 +94,17 @@ _POOL = {"train": "train", "val": "test", "test": "test"}  # which easy-VQA imag
 _BACKGROUND = (230, 255)  # easy-VQA backgrounds: each channel uniform in [230, 255]
 JSON_NAME = "dataset_shapes.json"
 CONFIG_NAME = "shapes_config.json"
-INSTALL_HINT = "install it with: pip install easy-vqa"
+#: The easy-VQA release the benchmark is made of. Its wheel is read as an archive
+#: and never installed: installing it puts a top-level ``test`` package into
+#: site-packages, which shadows the standard library's ``test`` for every user of
+#: the environment.
+EASY_VQA_VERSION = "1.0"
+EASY_VQA_WHEEL = f"easy_vqa-{EASY_VQA_VERSION}-py3-none-any.whl"
+EASY_VQA_SHA256 = "fcb51b309b78c7b00f97b64cdbcbcf5c105f94da1b39c0796cee5a787c4f650f"
+INSTALL_HINT = (
+    f"let crossget fetch it from PyPI once (needs pip and access to PyPI), or download it elsewhere with "
+    f"`pip download easy-vqa=={EASY_VQA_VERSION} --no-deps` and set CROSSGET_EASY_VQA_WHEEL to the .whl file"
+)
 
 
 def classnames() -> list[str]:
@@ -240,21 +251,56 @@ class SourceImage:
     background: tuple[int, int, int]
 
 
-def _easy_vqa():
-    try:
-        import easy_vqa
-    except ImportError:
-        raise CrossGetError("the shapes benchmark needs the easy-vqa package, which is not installed", INSTALL_HINT) from None
-    return easy_vqa
+def easy_vqa_wheel() -> Path:
+    """The easy-VQA wheel: ``$CROSSGET_EASY_VQA_WHEEL``, else the copy in the cache
+    (``cache_root()/sources``), fetched from PyPI with ``pip download`` on first use.
+    Its SHA-256 is checked, so the benchmark is always made of the same images."""
+    given = os.environ.get("CROSSGET_EASY_VQA_WHEEL")
+    path = Path(given).expanduser() if given else cache_root() / "sources" / EASY_VQA_WHEEL
+    if given and not path.is_file():
+        raise CrossGetError(f"CROSSGET_EASY_VQA_WHEEL={given}: no such file", INSTALL_HINT)
+    if not path.is_file():
+        _download_wheel(path)
+    if sha256(path) != EASY_VQA_SHA256:
+        raise CrossGetError(f"{path} is not the easy-vqa {EASY_VQA_VERSION} wheel (its SHA-256 differs)", INSTALL_HINT)
+    return path
+
+
+def _download_wheel(path: Path) -> None:
+    import subprocess
+    import sys
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".easy-vqa-", dir=path.parent) as tmp:
+        command = [sys.executable, "-m", "pip", "download", f"easy-vqa=={EASY_VQA_VERSION}", "--no-deps"]
+        command += ["--only-binary=:all:", "--disable-pip-version-check", "-q", "-d", tmp]
+        done = subprocess.run(command, capture_output=True, text=True)
+        fetched = Path(tmp) / EASY_VQA_WHEEL
+        if done.returncode != 0 or not fetched.is_file():
+            lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+            reason = lines[-1].strip()[:160] if lines else f"pip exited with {done.returncode}"
+            raise CrossGetError(f"cannot fetch the easy-vqa wheel (the shapes benchmark's images): {reason}", INSTALL_HINT)
+        os.replace(fetched, path)
+
+
+def _easy_vqa_pool(pool: str) -> tuple[dict[int, bytes], tuple[list, list, list]]:
+    """One easy-VQA set read from the wheel: ``{image_id: PNG bytes}`` and its
+    questions as ``(texts, answers, image_ids)``."""
+    import zipfile
+
+    prefix = f"easy_vqa/data/{pool}/"
+    with zipfile.ZipFile(easy_vqa_wheel()) as wheel:
+        images = {
+            int(name[len(prefix + "images/") : -len(".png")]): wheel.read(name)
+            for name in wheel.namelist()
+            if name.startswith(prefix + "images/") and name.endswith(".png")
+        }
+        questions = json.loads(wheel.read(prefix + "questions.json"))
+    return images, ([q[0] for q in questions], [q[1] for q in questions], [q[2] for q in questions])
 
 
 def _easy_vqa_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("easy-vqa")
-    except Exception:  # noqa: BLE001 - not installed: the hash is only used once it is
-        return "missing"
+    return EASY_VQA_VERSION
 
 
 def _packed(rgb: np.ndarray) -> np.ndarray:
@@ -324,27 +370,24 @@ def source_images(pool: str) -> tuple[tuple[SourceImage, ...], np.ndarray]:
     """easy-VQA's ``"train"`` or ``"test"`` images: labels and a ``[n, 64, 64, 3]`` uint8 array (id order)."""
     if pool not in ("train", "test"):
         raise ValueError(pool)
-    evqa = _easy_vqa()
-    paths = getattr(evqa, f"get_{pool}_image_paths")()
-    asserted = _question_labels(getattr(evqa, f"get_{pool}_questions")())
-    if not paths:
-        raise CrossGetError(f"easy-vqa ships no {pool} images", f"reinstall it: {INSTALL_HINT}")
+    pngs, questions = _easy_vqa_pool(pool)
+    asserted = _question_labels(questions)
     records, arrays = [], []
-    for image_id in sorted(paths):
-        with Image.open(paths[image_id]) as img:
+    for image_id in sorted(pngs):
+        with Image.open(io.BytesIO(pngs[image_id])) as img:
             rgb = np.asarray(img.convert("RGB"))
         try:
             color, shape, bbox, background = _label_pixels(rgb)
         except ValueError as err:
             raise CrossGetError(
-                f"easy-vqa {pool} image {image_id} cannot be labelled ({err})", f"reinstall it: {INSTALL_HINT}"
+                f"easy-vqa {pool} image {image_id} cannot be labelled ({err})", INSTALL_HINT
             ) from None
         colors, shapes = asserted.get(image_id, (set(), set()))
         if (colors and colors != {color}) or (shapes and shapes != {shape}):
             raise CrossGetError(
                 f"easy-vqa {pool} image {image_id}: its pixels show a {color} {shape}, its questions say "
                 f"{'/'.join(sorted(colors)) or '?'} {'/'.join(sorted(shapes)) or '?'}",
-                f"reinstall it: {INSTALL_HINT}",
+                INSTALL_HINT,
             )
         records.append(SourceImage(image_id, color, shape, bbox, background))
         arrays.append(rgb)
@@ -705,7 +748,7 @@ def resolve_builtin(name: str, cache_dir: str | os.PathLike | None = None, confi
     folder = cache_root(cache_dir) / f"{preset}-{digest}"
     target = folder / (JSON_NAME if split is None else f"dataset_shapes_{split}.json")
     if not _valid_cache(folder, digest, sizes):
-        _easy_vqa()  # a clear error before any work when easy-vqa is missing
+        easy_vqa_wheel()  # a clear error before any work when the images cannot be had
         try:
             write_dataset(folder, config, sizes, overwrite=folder.exists())
         except OSError:

@@ -46,7 +46,8 @@ def train(
     train it with ``config`` and save it to ``output`` with its weights in
     ``save_dtype``, its preprocessing and tokenizer, and ``training.json``."""
     from .encoders import model_io
-    from .export import check_output, sha256
+    from .export import check_output
+    from .files import sha256
     from .finetune import finetune, get_objective, init_distributed, world_info
 
     if save_dtype not in DTYPES:
