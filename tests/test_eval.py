@@ -411,3 +411,14 @@ def test_each_java_metric_stands_alone_and_stdout_stays_json(tmp_path, monkeypat
     assert len(notes) == 1 and notes[0].startswith("SPICE skipped: SPICE (pycocoevalcap, Java) failed: could not download")
     assert "note: SPICE skipped" in result.stderr
     assert "Downloading" not in capfd.readouterr().out
+
+
+def test_install_hint_keeps_its_extra(tmp_path, monkeypatch):
+    """Notes are printed as written: ``[coco]`` is not read as Rich markup."""
+    from crossget_cli.tasks.metrics import caption
+
+    monkeypatch.setattr(caption, "java_requirements_missing", lambda: ["a Java runtime"])
+    args, _ = _caption_predictions(tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "note: METEOR and SPICE skipped: they need pycocoevalcap (pip install 'crossget[coco]')" in result.stderr

@@ -32,9 +32,10 @@ app = typer.Typer(
 
 # Tables are wide: when piped (not a terminal) do not wrap them at 80 columns.
 # Markup off: user text such as ``pip install 'crossget[coco]'`` or a path with
-# brackets is printed as written, never read as style tags.
+# brackets is printed as written, never read as style tags. Messages are never
+# wrapped: one note is one line, whatever the terminal's width.
 stdout = Console(width=None if sys.stdout.isatty() else 240, markup=False)
-stderr = Console(stderr=True, markup=False, highlight=False)
+stderr = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of a table.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
@@ -301,7 +302,7 @@ def compress(
     from .render import compress_table
 
     stdout.print(compress_table(result))
-    stdout.print(f"wrote {result.output}")  # a result, not a message: stderr stays empty on success
+    stdout.print(f"wrote {result.output}", soft_wrap=True)  # a result, not a message: stderr stays empty on success
 
 
 @app.command()
@@ -360,7 +361,7 @@ def train(
         f"trained {summary['steps']} steps, final loss {summary['final_loss']:.4f}"
         + (f", best epoch {best['epoch']} ({best['metric']} {best['value']:.2f})" if best else "")
     )
-    stdout.print(f"wrote {result.output}")
+    stdout.print(f"wrote {result.output}", soft_wrap=True)
 
 
 def _coop_run(recipe, data, image_root, split, epochs, max_steps, batch_size, lr, weight_decay, seed, device, coop: dict):
