@@ -1,4 +1,5 @@
-"""The one exception type for problems a user can fix."""
+"""The one exception type for problems a user can fix, and how a foreign
+exception is quoted in one."""
 
 from __future__ import annotations
 
@@ -14,3 +15,10 @@ class CrossGetError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when empty):
+    what one-line errors quote of a library's multi-line message."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import CrossGetError
+from ..errors import CrossGetError, first_line
 
 __all__ = ["CapturedGraph", "capture_graph", "require_cuda_graphs"]
 
@@ -125,9 +125,8 @@ def capture_graph(fn: Callable[[torch.Tensor], Any], example: torch.Tensor, warm
             with torch.cuda.graph(graph):
                 static_output = fn(static_input)
         except RuntimeError as err:
-            line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CrossGetError(
-                f"CUDA graph capture failed: {line}",
+                f"CUDA graph capture failed: {first_line(err)}",
                 "the forward must not synchronise with the host (.item(), .cpu(), data-dependent shapes); "
                 "run it eagerly (drop --cuda-graphs)",
             ) from err

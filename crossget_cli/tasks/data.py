@@ -64,7 +64,7 @@ from typing import Any
 import torch.utils.data
 from PIL import Image
 
-from ..errors import CrossGetError
+from ..errors import CrossGetError, first_line
 
 #: What a record holds for an image: a file path, a PIL image, or a
 #: ``{"bytes": ..., "path": ...}`` dict (``datasets.Image(decode=False)`` values).
@@ -475,7 +475,7 @@ def _hf_load(kind: str, value: Any, split: str | None) -> tuple[Any, str]:
             return datasets.load_from_disk(os.fspath(value)), os.fspath(value)
         except Exception as err:  # noqa: BLE001 - a corrupt or foreign folder fails in many ways
             raise CrossGetError(
-                f"cannot read saved dataset {value}: {_first_line(err)}", "re-create it with save_to_disk"
+                f"cannot read saved dataset {value}: {first_line(err)}", "re-create it with save_to_disk"
             ) from None
     name = os.fspath(value)
     try:
@@ -486,12 +486,8 @@ def _hf_load(kind: str, value: Any, split: str | None) -> tuple[Any, str]:
         raise
     except Exception as err:  # noqa: BLE001 - offline/missing/unknown-split failures come as many types
         where = f" (split {split!r})" if split else ""
-        raise CrossGetError(f"cannot load dataset {name!r}{where}: {_first_line(err)}", HF_HINT) from None
+        raise CrossGetError(f"cannot load dataset {name!r}{where}: {first_line(err)}", HF_HINT) from None
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _select_split(obj: Any, split: str | None, name: str) -> tuple[Any, list[int] | None]:

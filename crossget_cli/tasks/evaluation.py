@@ -191,17 +191,15 @@ def _vqa_metrics(data, answers: dict[str, str], config: EvalConfig) -> dict[str,
     if data.answers is None:
         raise CrossGetError("the VQA data has no answers to score against", "pass --annotations with the VQAv2 annotation JSON")
     n = len(data.answers)
+    question_types = data.question_types or [None] * n
+    typed = any(t is not None for t in question_types)  # then the official code buckets every question
     records = []
-    for qid, answers_, kind, question_type in zip(
-        data.question_ids, data.answers, data.answer_types or [None] * n, data.question_types or [None] * n
-    ):
+    answer_types = data.answer_types or [None] * n
+    for qid, answers_, kind, question_type in zip(data.question_ids, data.answers, answer_types, question_types):
         record = {"question_id": str(qid), "answers": answers_, "answer_type": kind or "other"}
-        if question_type is not None:
-            record["question_type"] = question_type
+        if typed:
+            record["question_type"] = question_type or ""
         records.append(record)
-    if any("question_type" in r for r in records):  # the official code buckets every question
-        for record in records:
-            record.setdefault("question_type", "")
     scores = vqa_accuracy(answers, records, variant=config.vqa_variant)
     out: dict[str, Any] = {"overall": scores["overall"], **scores["per_answer_type"]}
     if "per_question_type" in scores:

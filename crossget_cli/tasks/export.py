@@ -116,9 +116,8 @@ def _exported_reduction(source: str | None) -> Recipe | None:
     """Re-compressing an export starts from the reduction it was made with, so that
     ``--vision-r`` alone changes only ``vision_r`` (its ``text_r``, method and
     per-layer settings stay)."""
-    if source and (Path(source).expanduser() / RECIPE_FILE).is_file():
-        return Recipe(reduction=load_recipe(Path(source).expanduser() / RECIPE_FILE).reduction)
-    return None
+    exported = Path(source).expanduser() / RECIPE_FILE if source else None
+    return Recipe(reduction=load_recipe(exported).reduction) if exported and exported.is_file() else None
 
 
 def _finetune_coop(loaded: LoadedModel, run: CoopRun, progress):

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
-from ..errors import CrossGetError
+from ..errors import CrossGetError, first_line
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 CROSS_KEYS = ("visual.transformer.cross_image", "transformer.cross_text")
@@ -154,22 +155,18 @@ def _load_openclip(name: str, source: str, tag: str | None) -> LoadedModel:
     try:
         with _hub_offline(offline):  # cached weights load without asking the hub
             model = open_clip.create_model(name, pretrained=weights)
-    except UNREADABLE_ERRORS as err:
-        if _is_network_error(err):
-            raise CrossGetError(
-                f"cannot download open_clip weights {name}@{weights}: offline or not cached", _offline_hint()
-            ) from err
-        if name.startswith("local-dir:"):
-            what = f"the weights in {name[len('local-dir:'):]}"
-        else:
-            what = f"weights {weights}" if is_file else f"open_clip {name!r} with pretrained={weights!r}"
-        raise CrossGetError(f"cannot load {what}: {unreadable_reason(err)}", _UNREADABLE_HINT) from err
     except Exception as err:  # hub/network errors come in many types
         if _is_network_error(err):
             raise CrossGetError(
                 f"cannot download open_clip weights {name}@{weights}: offline or not cached", _offline_hint()
             ) from err
-        raise
+        if not isinstance(err, UNREADABLE_ERRORS):
+            raise
+        if name.startswith("local-dir:"):
+            what = f"the weights in {name[len('local-dir:'):]}"
+        else:
+            what = f"weights {weights}" if is_file else f"open_clip {name!r} with pretrained={weights!r}"
+        raise CrossGetError(f"cannot load {what}: {unreadable_reason(err)}", _UNREADABLE_HINT) from err
     config = None if name.startswith("local-dir:") else open_clip.get_model_config(name)
     if config is None:
         config = json.loads((Path(name[len("local-dir:") :]) / "open_clip_config.json").read_text())["model_cfg"]
@@ -232,7 +229,7 @@ def _load_hf(model_id: str, source: str) -> LoadedModel:
         except (OSError, ValueError) as err:
             raise CrossGetError(
                 f"cannot load transformers model {model_id!r}: not a local folder and not in the HF cache, "
-                f"and the hub did not answer ({_first_line(err)})",
+                f"and the hub did not answer ({first_line(err)})",
                 _offline_hint(),
             ) from err
     try:
@@ -357,10 +354,6 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith(("/", "./", "../", "~")) or source.count("/") > 1 or os.sep != "/" and os.sep in source
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
 
 def unreadable_reason(err: BaseException) -> str:
     """Why a weights file could not be read, in words a user can act on."""
@@ -369,17 +362,11 @@ def unreadable_reason(err: BaseException) -> str:
         if "GLOBAL" in str(err):
             return "it holds objects other than tensors and plain containers, and loading it could run code"
         return "not a PyTorch checkpoint (unreadable pickle data)"
-    return _first_line(err)[:160]
+    return first_line(err)[:160]
 
 
 #: What reading a damaged, truncated or foreign weights file raises, by library.
-UNREADABLE_ERRORS: tuple[type[BaseException], ...] = (EOFError, pickle.UnpicklingError, RuntimeError, ValueError, OSError)
-try:
-    from safetensors import SafetensorError
-
-    UNREADABLE_ERRORS += (SafetensorError,)
-except ImportError:  # pragma: no cover - safetensors is a dependency
-    pass
+UNREADABLE_ERRORS = (EOFError, pickle.UnpicklingError, RuntimeError, ValueError, OSError, SafetensorError)
 
 _UNREADABLE_HINT = "check that the file is complete and a PyTorch/safetensors checkpoint; re-save a pickle with safetensors"
 

@@ -98,7 +98,7 @@ import sys
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any, Callable
 
-from ...errors import CrossGetError
+from ...errors import CrossGetError, first_line
 
 __all__ = [
     "PUNCTUATIONS",
@@ -919,7 +919,7 @@ def java_scores(refs: dict, hyps: dict, names=tuple(JAVA_METRICS)) -> tuple[dict
             with _stdout_to_stderr():
                 scores[name] = float(_java_scorer(name).compute_score(gts, res)[0])
         except Exception as exc:  # the Java process died, a download failed, ...
-            failed[name] = CrossGetError(f"{name} (pycocoevalcap, Java) failed: {_first_line(exc)}", JAVA_METRICS[name])
+            failed[name] = CrossGetError(f"{name} (pycocoevalcap, Java) failed: {first_line(exc)[:200]}", JAVA_METRICS[name])
     return scores, failed
 
 
@@ -932,10 +932,6 @@ def _java_scorer(name: str):
 
     return Spice()
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 @contextlib.contextmanager
