@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence, Union
 
-from .errors import CrossGetError
+from crossget_cli.errors import CrossGetError
 
 RSpec = Union[int, Sequence[int]]
 

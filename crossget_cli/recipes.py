@@ -15,13 +15,13 @@ from typing import Any
 
 import yaml
 
-from .config import ReductionConfig
-from .errors import CrossGetError
+from crossget_cli.config import ReductionConfig
+from crossget_cli.errors import CrossGetError
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which checkpoint to load (see ``crossget_cli.tasks.loading``)."""
+    """Which checkpoint to load (see ``crossget_cli.loading.models``)."""
 
     source: str | None = None  # open_clip name, hf:id, local folder or file
     pretrained: str | None = None  # open_clip tag, weights file, or "none"

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import crossget_cli
-from crossget_cli.adapters import find_adapter, list_adapters
+from crossget_cli.adapters.registry import find_adapter, list_adapters
 from crossget_cli.core import token_schedule, trace_reduction
 from crossget_cli.errors import CrossGetError
 from tiny_models import TINY_MODELS

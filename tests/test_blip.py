@@ -14,10 +14,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import crossget_cli
-from crossget_cli.adapters import find_adapter
+from crossget_cli.adapters.registry import find_adapter
 from crossget_cli.cli.app import app
 from crossget_cli.core import trace_reduction
-from crossget_cli.tasks.loading import load_model
+from crossget_cli.loading.models import load_model
 
 from tiny_blip import blip, blip2, save
 
@@ -335,7 +335,7 @@ def _recall_from_matrix(scores: torch.Tensor, owner) -> dict:
 def test_eval_captioning_end_to_end(folders, data, tmp_path, name):
     from transformers import AutoTokenizer
 
-    from crossget_cli.tasks.metrics.caption import caption_scores
+    from crossget_cli.metrics.caption import caption_scores
 
     small = _compress(folders[name], tmp_path / "small", "--vision-r", "4")
     report = _eval(
@@ -455,7 +455,7 @@ def test_finetune_objectives_through_compress(folders, data, tmp_path, name, obj
 def test_blip2_retrieval_scores_match_the_model_forward(folders, r):
     """The adapter's ITC (best query) and ITM paths give the model's own
     ``logits_per_image``, unpatched and patched (where both use the size bias)."""
-    from crossget_cli.tasks.retrieval import similarity
+    from crossget_cli.metrics.retrieval import similarity
 
     model = _load(folders, "blip2-itm")
     if r:

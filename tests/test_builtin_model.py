@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from crossget_cli.cli.app import app
-from crossget_cli.tasks import shapes
-from crossget_cli.tasks.loading import BUILTIN_MODELS
+from crossget_cli.data import shapes
+from crossget_cli.loading.models import BUILTIN_MODELS
 
 runner = CliRunner()
 N = 200  # the first 200 composites of builtin:shapes-test

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from crossget_cli.errors import CrossGetError
-from crossget_cli.tasks.metrics import caption
-from crossget_cli.tasks.metrics.caption import (
+from crossget_cli.metrics import caption
+from crossget_cli.metrics.caption import (
     bleu,
     caption_scores,
     cider_d,

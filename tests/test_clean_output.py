@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from crossget_cli.tasks.cpu_memory import peak_allocated_bytes
+from crossget_cli.profile.cpu_memory import peak_allocated_bytes
 
 
 def _crossget(*args: str) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ import yaml
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from crossget_cli import __version__
+from crossget_cli.version import __version__
 from crossget_cli.cli.app import app
 from test_export import OPENAI_TINY
 from tiny_models import openclip_tiny, save_hf_folder, save_openclip_folder
@@ -309,16 +309,16 @@ def test_cached_open_clip_tag_is_found_without_the_hub(unreachable_hub):
     for ViT-B-16@openai, laid out as huggingface_hub caches it."""
     import open_clip
 
-    from crossget_cli.tasks.loading import _openclip_tag_cached
+    from crossget_cli.loading.hub import openclip_tag_cached
 
-    assert not _openclip_tag_cached("ViT-B-16", "openai")
+    assert not openclip_tag_cached("ViT-B-16", "openai")
     repo = open_clip.get_pretrained_cfg("ViT-B-16", "openai")["hf_hub"].strip("/")
     snapshot = unreachable_hub / f"models--{repo.replace('/', '--')}" / "snapshots" / "0123abcd"
     snapshot.mkdir(parents=True)
     (snapshot / "open_clip_model.safetensors").write_bytes(b"")
     (unreachable_hub / f"models--{repo.replace('/', '--')}" / "refs").mkdir()
     (unreachable_hub / f"models--{repo.replace('/', '--')}" / "refs" / "main").write_text("0123abcd")
-    assert _openclip_tag_cached("ViT-B-16", "openai")
+    assert openclip_tag_cached("ViT-B-16", "openai")
 
 
 def test_model_flag_wins_over_the_recipe_model(checkpoint, tmp_path):

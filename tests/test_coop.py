@@ -14,10 +14,10 @@ from tiny_models import BPE_TINY, save_hf_folder, save_openclip_folder
 from torch import nn
 
 import crossget_cli
-from crossget_cli.adapters import find_adapter
+from crossget_cli.adapters.registry import find_adapter
 from crossget_cli.core import collect_cross_tokens, js_loss
 from crossget_cli.errors import CrossGetError
-from crossget_cli.tasks.coop import (
+from crossget_cli.train.coop import (
     PROMPTS_FILE,
     PROMPTS_META,
     CoopConfig,
@@ -31,9 +31,11 @@ from crossget_cli.tasks.coop import (
     token_embedding,
     train_coop,
 )
-from crossget_cli.tasks.data import load_classification
-from crossget_cli.tasks.encoders import ModelIO, model_io
-from crossget_cli.tasks.loading import LoadedModel, load_model
+from crossget_cli.data.formats import load_classification
+from crossget_cli.adapters.model_io import ModelIO
+from crossget_cli.loading.preprocessing import model_io
+from crossget_cli.adapters.model_io import LoadedModel
+from crossget_cli.loading.models import load_model
 
 CLASSES = {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 30, 220)}
 PHRASE = "a photo of a"
@@ -349,8 +351,8 @@ def test_compress_finetune_coop_then_eval_uses_the_learned_prompts(tmp_path):
     from typer.testing import CliRunner
 
     from crossget_cli.cli.app import app
-    from crossget_cli.tasks.coop import evaluate_coop, load_prompts
-    from crossget_cli.tasks.data import load_classification
+    from crossget_cli.train.coop import evaluate_coop, load_prompts
+    from crossget_cli.data.formats import load_classification
 
     runner = CliRunner()
     save_openclip_folder(tmp_path / "tiny")

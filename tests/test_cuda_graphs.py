@@ -10,11 +10,11 @@ import torch
 from typer.testing import CliRunner
 
 import crossget_cli
-from crossget_cli.adapters import find_adapter
+from crossget_cli.adapters.registry import find_adapter
 from crossget_cli.cli.app import app
 from crossget_cli.errors import CrossGetError
-from crossget_cli.tasks.cuda_graphs import capture_graph, require_cuda_graphs
-from crossget_cli.tasks.profile import ProfileConfig, check_cuda_graphs, profile_model
+from crossget_cli.profile.cuda_graphs import capture_graph, require_cuda_graphs
+from crossget_cli.profile.speed import ProfileConfig, check_cuda_graphs, profile_model
 from tiny_models import openclip_tiny
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from crossget_cli.errors import CrossGetError
-from crossget_cli.tasks import data as D
+from crossget_cli.data import formats as D
 
 datasets = pytest.importorskip("datasets")
 

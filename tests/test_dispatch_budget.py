@@ -1,7 +1,7 @@
 """Launch budget of the reduction step: dispatched op counts, not times.
 
 On a GPU the reduction step is bound by kernel launches, so its cost is
-checked here as what it dispatches (``crossget_cli.tasks.opcount``: aten compute
+checked here as what it dispatches (``crossget_cli.profile.opcount``: aten compute
 ops, views and bare allocations left out; about one CUDA kernel each) and as
 the absence of host syncs. Counts are deterministic on any CPU.
 
@@ -21,7 +21,7 @@ import torch
 
 import crossget_cli
 from crossget_cli.core import TokenState, constants
-from crossget_cli.tasks.opcount import HOST_SYNC_OPS, count_ops
+from crossget_cli.profile.opcount import HOST_SYNC_OPS, count_ops
 from tiny_models import TINY_MODELS
 
 STEP_BUDGET = {"crossget": 36, "tome": 24}
@@ -104,7 +104,7 @@ def test_patched_vit_b16_forward_is_within_budget(vit_b16, method):
 def test_patched_forwards_have_no_host_sync(adapter_name, model_name, method):
     """Image and text towers, inference and training: no op that makes the host
     wait for the device (a value read back or a data-dependent shape)."""
-    from crossget_cli.adapters import find_adapter
+    from crossget_cli.adapters.registry import find_adapter
 
     model = crossget_cli.patch(TINY_MODELS[adapter_name][model_name](), vision_r=4, text_r=3, method=method)
     adapter = find_adapter(model)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import crossget_cli
 from crossget_cli.cli.app import app
-from crossget_cli.tasks.retrieval import retrieval_recall
+from crossget_cli.metrics.retrieval import retrieval_recall
 from test_retrieval import _brute_force
 from tiny_models import BPE_TINY, RGB, save_hf_folder, save_openclip_folder
 
@@ -262,7 +262,7 @@ class _EchoGenerator:
 
 
 def test_vqa_and_captioning_run_a_generating_adapter(tmp_path, monkeypatch):
-    from crossget_cli.tasks import evaluation
+    from crossget_cli.evaluation import runner as evaluation
 
     save_openclip_folder(tmp_path / "tiny")
     echo = _EchoGenerator()
@@ -304,7 +304,7 @@ def test_retrieval_from_a_saved_hf_dataset_with_column_mapping(flickr, tmp_path)
 def test_builtin_shapes_benchmark_through_eval(tmp_path, monkeypatch):
     """``--data builtin:shapes-test`` generates the seeded benchmark once (a small
     preset here) and evaluates on its test split."""
-    from crossget_cli.tasks import shapes
+    from crossget_cli.data import shapes
 
     monkeypatch.setenv("CROSSGET_CACHE", str(tmp_path / "cache"))
     monkeypatch.setitem(shapes.PRESETS, "shapes", shapes.ShapesConfig(grid=2, n_train=4, n_test=6))
@@ -366,7 +366,7 @@ def _spice_offline(self, gts, res):
 
 
 @pytest.mark.skipif(
-    __import__("crossget_cli.tasks.metrics.caption", fromlist=["x"]).java_requirements_missing() != [],
+    __import__("crossget_cli.metrics.caption", fromlist=["x"]).java_requirements_missing() != [],
     reason="METEOR needs pycocoevalcap and Java",
 )
 def test_meteor_is_reported_when_spice_fails(tmp_path, monkeypatch, capfd):
@@ -389,7 +389,7 @@ def test_meteor_is_reported_when_spice_fails(tmp_path, monkeypatch, capfd):
 def test_each_java_metric_stands_alone_and_stdout_stays_json(tmp_path, monkeypatch, capfd):
     """Without Java here, the same contract with both scorers stood in for: a
     scorer that prints and one that fails."""
-    from crossget_cli.tasks.metrics import caption
+    from crossget_cli.metrics import caption
 
     class Meteor:
         def compute_score(self, gts, res):
@@ -415,7 +415,7 @@ def test_each_java_metric_stands_alone_and_stdout_stays_json(tmp_path, monkeypat
 
 def test_install_hint_keeps_its_extra(tmp_path, monkeypatch):
     """Notes are printed as written: ``[coco]`` is not read as Rich markup."""
-    from crossget_cli.tasks.metrics import caption
+    from crossget_cli.metrics import caption
 
     monkeypatch.setattr(caption, "java_requirements_missing", lambda: ["a Java runtime"])
     args, _ = _caption_predictions(tmp_path)

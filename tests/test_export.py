@@ -10,10 +10,12 @@ import torch
 from safetensors.torch import save_file
 
 import crossget_cli
-from crossget_cli.adapters import find_adapter
+from crossget_cli.adapters.registry import find_adapter
 from crossget_cli.errors import CrossGetError
-from crossget_cli.tasks.export import compress, load_exported
-from crossget_cli.tasks.loading import load_model, openai_model_config
+from crossget_cli.export.compress import compress
+from crossget_cli.loading.exported import load_exported
+from crossget_cli.loading.models import load_model
+from crossget_cli.loading.formats import openai_model_config
 from tiny_models import TINY, hf_tiny, openclip_tiny
 
 # OpenAI checkpoints carry no head count: both towers use width // 64.
@@ -74,7 +76,7 @@ def test_hf_folder_round_trip_keeps_attention_implementation(tmp_path):
     patched = crossget_cli.patch(loaded.model, vision_r=3, text_r=2)
     _randomise_cross(patched)
     from crossget_cli.recipes import Recipe
-    from crossget_cli.tasks.export import build_report, export
+    from crossget_cli.export.compress import build_report, export
 
     export(loaded, tmp_path / "out", Recipe(), build_report(patched))
     reloaded = load_exported(tmp_path / "out").model

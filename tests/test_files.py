@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from crossget_cli.errors import CrossGetError
-from crossget_cli.tasks.files import check_writable, remove_stale_temporaries, write_atomic, write_folder
+from crossget_cli.files import check_writable, remove_stale_temporaries, write_atomic, write_folder
 
 
 def _dead_pid() -> int:
@@ -62,7 +62,7 @@ def test_sigterm_during_a_write_leaves_no_temporary(tmp_path):
         import os, signal, time
         from pathlib import Path
         from crossget_cli.cli.app import _terminate
-        from crossget_cli.tasks.files import write_folder
+        from crossget_cli.files import write_folder
 
         signal.signal(signal.SIGTERM, _terminate)  # what ``crossget`` installs in main()
 

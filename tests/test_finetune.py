@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 import crossget_cli
 from crossget_cli.cli.app import app
 from crossget_cli.errors import CrossGetError
-from crossget_cli.tasks.encoders import model_io
-from crossget_cli.tasks.finetune import FinetuneConfig, Objective, finetune, register_objective
-from crossget_cli.tasks.loading import load_model
+from crossget_cli.loading.preprocessing import model_io
+from crossget_cli.adapters.training import FinetuneConfig, Objective, register_objective
+from crossget_cli.train.loop import finetune
+from crossget_cli.loading.models import load_model
 from tiny_models import RGB, save_openclip_folder
 
 runner = CliRunner()
@@ -265,10 +266,10 @@ def test_validation_keeps_the_best_epoch(shapes, tiny, tmp_path):
     assert [v["epoch"] for v in validation] == [0, 1, 2]  # the convergence, not only the best epoch
     assert max(v["scores"]["r_mean"] for v in validation) == best["value"]
     assert validation[best["epoch"]]["scores"] == best["scores"]
-    from crossget_cli.tasks.retrieval import retrieval_recall
+    from crossget_cli.metrics.retrieval import retrieval_recall
 
     io = model_io(load_model(str(out)))
-    from crossget_cli.tasks.data import load_retrieval
+    from crossget_cli.data.formats import load_retrieval
 
     data = load_retrieval(str(shapes / "data.json"), split="train")
     batches = (images for _, images in torch.utils.data.DataLoader(data.image_dataset(io.transform), batch_size=64))
@@ -362,7 +363,7 @@ def test_export_records_the_steps_that_ran(shapes, tiny, tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["report"]["finetune"]["steps"] == 1
     from crossget_cli.recipes import load_recipe
-    from crossget_cli.tasks.finetune import recipe_settings
+    from crossget_cli.train.loop import recipe_settings
 
     spec = load_recipe(out / "crossget.yaml").finetune
     assert spec.max_steps == 1  # not just "epochs: 12": a re-run of the recipe stops where this one did

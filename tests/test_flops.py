@@ -16,9 +16,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import crossget_cli
-from crossget_cli.adapters import find_adapter
+from crossget_cli.adapters.registry import find_adapter
 from crossget_cli.core import token_schedule
-from crossget_cli.tasks.flops import KINDS, MacsCount, count_macs, model_macs
+from crossget_cli.profile.flops import KINDS, MacsCount, count_macs, model_macs
 from tiny_models import TINY, hf_tiny, openclip_tiny
 
 torch.set_num_threads(1)

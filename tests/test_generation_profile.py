@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from crossget_cli.cli.app import app
 from crossget_cli.errors import CrossGetError
-from crossget_cli.tasks.generation import GenerationCalls, time_generation
+from crossget_cli.adapters.generation import GenerationCalls
+from crossget_cli.profile.generation import time_generation
 
 from tiny_blip import blip, save
 

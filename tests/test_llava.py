@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import crossget_cli
-from crossget_cli.adapters import find_adapter
-from crossget_cli.adapters.llava import num_image_tokens, prepare_inputs
+from crossget_cli.adapters.registry import find_adapter
+from crossget_cli.adapters.llava.adapter import num_image_tokens, prepare_inputs
 from crossget_cli.core import attention_importance, complete_graph_matching, protected_indices, trace_reduction
 from tiny_models import save_tiny_llava, tiny_llava, tiny_tokenizer
 
@@ -173,8 +173,8 @@ def test_llm_cross_token_acts_in_prefill_and_lives_in_the_cache():
 
 
 def test_load_compress_and_reload_through_model_path(tmp_path):
-    from crossget_cli.tasks.export import compress
-    from crossget_cli.tasks.loading import load_model
+    from crossget_cli.export.compress import compress
+    from crossget_cli.loading.models import load_model
 
     folder = save_tiny_llava(tmp_path / "llava")
     loaded = load_model(str(folder))
@@ -194,7 +194,7 @@ def _answer_by_hand(loaded, image_path, question: str, template: str, max_new_to
     """One question, batch 1, the placeholder expanded by hand."""
     from PIL import Image
 
-    from crossget_cli.tasks.encoders import model_io
+    from crossget_cli.loading.preprocessing import model_io
 
     io = model_io(loaded)
     pixels = io.transform(Image.open(image_path).convert("RGB"))[None]
@@ -219,7 +219,7 @@ def _image_files(folder, n):
 
 @pytest.fixture(scope="module")
 def llava_folders(tmp_path_factory):
-    from crossget_cli.tasks.export import compress
+    from crossget_cli.export.compress import compress
 
     root = tmp_path_factory.mktemp("llava")
     save_tiny_llava(root / "original")
@@ -230,9 +230,9 @@ def llava_folders(tmp_path_factory):
 def test_eval_vqa_through_the_cli(llava_folders, tmp_path):
     from typer.testing import CliRunner
 
-    from crossget_cli.adapters.llava import VQA_TEMPLATE
+    from crossget_cli.adapters.llava.adapter import VQA_TEMPLATE
     from crossget_cli.cli.app import app
-    from crossget_cli.tasks.loading import load_model
+    from crossget_cli.loading.models import load_model
 
     paths = _image_files(tmp_path, 3)
     compressed = load_model(str(llava_folders / "r2"))
@@ -252,10 +252,10 @@ def test_eval_vqa_through_the_cli(llava_folders, tmp_path):
 def test_eval_multiple_choice_through_the_cli(llava_folders, tmp_path):
     from typer.testing import CliRunner
 
-    from crossget_cli.adapters.llava import CHOICE_TEMPLATE
+    from crossget_cli.adapters.llava.adapter import CHOICE_TEMPLATE
     from crossget_cli.cli.app import app
-    from crossget_cli.tasks.choice import format_options
-    from crossget_cli.tasks.loading import load_model
+    from crossget_cli.data.choice import format_options
+    from crossget_cli.loading.models import load_model
 
     paths = _image_files(tmp_path, 2)
     compressed = load_model(str(llava_folders / "r2"))
@@ -284,7 +284,7 @@ def test_eval_multiple_choice_through_the_cli(llava_folders, tmp_path):
     [("B", 1), ("(C) the third", 2), ("A. first", 0), ("The answer is C.", 2), ("second", 1), ("E", None), ("hmm", None)],
 )
 def test_parse_choice(text, expected):
-    from crossget_cli.tasks.choice import parse_choice
+    from crossget_cli.data.choice import parse_choice
 
     assert parse_choice(text, ["first", "second", "third"]) == expected
 
@@ -318,7 +318,7 @@ def test_compress_and_profile_through_the_cli(llava_folders, tmp_path):
 
 
 def test_llm_depth_rows_follow_the_reference_repetition():
-    from crossget_cli.tasks.llava_finetune import llm_depth_rows
+    from crossget_cli.adapters.llava.objective import llm_depth_rows
 
     # LLaVA-1.5-7B: 24 vision layers, 32 LLM layers; every third vision layer twice.
     rows = llm_depth_rows(24, 32).tolist()
@@ -347,7 +347,7 @@ def _conversations(folder, n):
 
 
 def test_conversation_labels_cover_the_answers_only():
-    from crossget_cli.tasks.llava_finetune import IGNORE, conversation_batch
+    from crossget_cli.adapters.llava.objective import IGNORE, conversation_batch
 
     model = crossget_cli.patch(tiny_llava(), vision_r=2)
     tokenizer = tiny_tokenizer()
@@ -361,9 +361,9 @@ def test_conversation_labels_cover_the_answers_only():
 
 def test_llava_loss_is_ce_plus_weighted_js(tmp_path):
     from crossget_cli.core import collect_cross_tokens, js_loss
-    from crossget_cli.tasks.encoders import model_io
-    from crossget_cli.tasks.finetune import FinetuneConfig, get_objective
-    from crossget_cli.tasks.loading import load_model
+    from crossget_cli.loading.preprocessing import model_io
+    from crossget_cli.adapters.training import FinetuneConfig, get_objective
+    from crossget_cli.loading.models import load_model
 
     save_tiny_llava(tmp_path / "m")
     io = model_io(load_model(str(tmp_path / "m")))
@@ -378,7 +378,7 @@ def test_llava_loss_is_ce_plus_weighted_js(tmp_path):
     assert losses["total"].item() == pytest.approx((losses["ce"] + 0.001 * losses["js"]).item())
     # L_JS by hand: projector applied to each vision layer's cross tokens; 3 vision layers, 2 LLM layers.
     with collect_cross_tokens() as cross:
-        from crossget_cli.tasks.llava_finetune import conversation_batch
+        from crossget_cli.adapters.llava.objective import conversation_batch
 
         batch = conversation_batch(io.model, io.loaded.tokenizer, [turns for _, turns in items])
         io.model(**batch, pixel_values=torch.stack([im for im, _ in items]))

@@ -11,9 +11,9 @@ import torch
 
 import crossget_cli
 import tiny_blip
-from crossget_cli.adapters import find_adapter
-from crossget_cli.tasks.encoders import model_io
-from crossget_cli.tasks.loading import load_model
+from crossget_cli.adapters.registry import find_adapter
+from crossget_cli.loading.preprocessing import model_io
+from crossget_cli.loading.models import load_model
 from tiny_models import save_hf_folder
 
 CAPTIONS = [  # 4 to 14 tokens with SOT and EOT; the tiny model's context is 16

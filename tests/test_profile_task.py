@@ -10,8 +10,8 @@ import torch
 
 import crossget_cli
 from crossget_cli.errors import CrossGetError
-from crossget_cli.tasks.flops import model_macs
-from crossget_cli.tasks.profile import (
+from crossget_cli.profile.flops import model_macs
+from crossget_cli.profile.speed import (
     SCHEMA_VERSION,
     ProfileConfig,
     ProfileReport,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crossget_cli.tasks.retrieval import retrieval_recall
-from crossget_cli.tasks.zeroshot import topk_accuracy
+from crossget_cli.metrics.retrieval import retrieval_recall
+from crossget_cli.evaluation.zeroshot import topk_accuracy
 
 
 def _brute_force(images, texts, owner, k):

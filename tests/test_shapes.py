@@ -1,4 +1,4 @@
-"""The easy-VQA composite benchmark (crossget_cli.tasks.shapes)."""
+"""The easy-VQA composite benchmark (crossget_cli.data.shapes)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from crossget_cli.errors import CrossGetError
-from crossget_cli.tasks import shapes
-from crossget_cli.tasks.data import load_retrieval
+from crossget_cli.data import shapes
+from crossget_cli.data.formats import load_retrieval
 
 SMALL = shapes.ShapesConfig(n_train=12, n_test=6, seed=3)
 
@@ -249,7 +249,7 @@ def test_max_objects_caps_the_composite_and_keeps_old_hashes():
 
 
 def test_single_object_set_reads_as_zero_shot_classification(tmp_path, monkeypatch):
-    from crossget_cli.tasks.data import load_classification
+    from crossget_cli.data.formats import load_classification
 
     monkeypatch.setenv("CROSSGET_CACHE", str(tmp_path))
     monkeypatch.setitem(shapes.PRESETS, "shapes1", shapes.ShapesConfig(max_objects=1, n_train=0, n_test=12))

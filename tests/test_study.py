@@ -1,4 +1,4 @@
-"""The accuracy study driver (crossget_cli.tasks.study) on a tiny model and data."""
+"""The accuracy study driver (study) on a tiny model and data."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from crossget_cli.cli.app import app
-from crossget_cli.tasks import shapes, study
+from crossget_cli.data import shapes
+from benchmarks import study
 from tiny_models import save_openclip_folder
 
 runner = CliRunner()
@@ -37,7 +38,7 @@ def test_study_rows_equal_the_cli_and_resume(tmp_path, monkeypatch):
     assert ft["n"] == 1 and ft["image_gmacs"] < summary["rows"][0]["image_gmacs"]
 
     # Rows are cached: a second run computes nothing and renders the same table.
-    monkeypatch.setattr("crossget_cli.tasks.export.compress", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr("crossget_cli.export.compress.compress", lambda *a, **k: pytest.fail("recomputed"))
     study.run_study(tmp_path / "out", settings, log=lambda *_: None)
     text = study.table(json.loads((tmp_path / "out" / "study.json").read_text()))
     assert text.count("\n") == 2 + len(names) and "crossget+ft@65%" in text

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import crossget_cli
-from crossget_cli.adapters import find_adapter
+from crossget_cli.adapters.registry import find_adapter
 from crossget_cli.core import bipartite_matching, ensemble_merge, trace_reduction
 from tiny_models import TINY_MODELS
 
@@ -66,7 +66,7 @@ def test_tome_patch_counts_tokens_and_unpatches(adapter_name, model_name):
     text = [r["x"].shape[1] for r in trace if r["modality"] == "text"]
     assert vision == [13, 10, 8, 5]  # 17 tokens, CLS protected; last r = 9 clamped to (8 - 1) // 2
     assert text == [14, 12, 10, 8]  # 16 tokens, SOT and EOT protected
-    from crossget_cli.tasks.report import tokens_per_layer
+    from crossget_cli.profile.report import tokens_per_layer
 
     assert tokens_per_layer(model) == {"vision": [17, *vision], "text": [16, *text]}
 

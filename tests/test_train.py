@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from crossget_cli.cli.app import app
-from crossget_cli.tasks.loading import load_model
+from crossget_cli.loading.models import load_model
 from test_finetune import shapes, tiny  # noqa: F401  (fixtures)
 
 runner = CliRunner()

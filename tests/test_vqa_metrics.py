@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from crossget_cli.errors import CrossGetError
-from crossget_cli.tasks.metrics.vqa import (
+from crossget_cli.metrics.vqa import (
     CONTRACTIONS,
     MANUAL_MAP,
     load_vqa_annotations,

@@ -1,10 +1,19 @@
-"""One adapter per model family, behind one registry (see :mod:`.base`)."""
+"""One adapter per model family, behind one registry.
 
-from .base import Adapter, Tower, find_adapter, get_adapter, list_adapters, register_adapter
-from . import openclip  # noqa: F401  (registers "openclip")
-from . import hf_clip  # noqa: F401  (registers "hf-clip")
-from . import blip  # noqa: F401  (registers "blip")
-from . import blip2  # noqa: F401  (registers "blip2")
-from . import llava  # noqa: F401  (registers "llava")
+Shared pieces: :mod:`.base` (the :class:`Adapter` interface), :mod:`.registry`,
+:mod:`.tower` (running a patched tower), :mod:`.patching` (patch/unpatch),
+:mod:`.model_io`, :mod:`.generation` and :mod:`.training` (the protocols jobs and
+families meet on), :mod:`.contrastive` (the dual-encoder objective). Each family
+is a sub-package that registers itself when imported: one line below each.
+"""
+
+from crossget_cli.adapters.base import Adapter, Tower
+from crossget_cli.adapters.registry import find_adapter, get_adapter, list_adapters, register_adapter
+
+from crossget_cli.adapters import openclip  # noqa: F401,E402  (registers "openclip")
+from crossget_cli.adapters import hf_clip  # noqa: F401,E402  (registers "hf-clip")
+from crossget_cli.adapters import blip  # noqa: F401,E402  (registers "blip" and its objectives)
+from crossget_cli.adapters import blip2  # noqa: F401,E402  (registers "blip2")
+from crossget_cli.adapters import llava  # noqa: F401,E402  (registers "llava" and its objective)
 
 __all__ = ["Adapter", "Tower", "find_adapter", "get_adapter", "list_adapters", "register_adapter"]

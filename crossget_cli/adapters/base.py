@@ -9,15 +9,15 @@ per tower is registered. :func:`Adapter.remove` undoes both exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ReductionConfig
-from ..core import TokenState, constants, token_schedule
-from ..errors import CrossGetError
+from crossget_cli.config import ReductionConfig
+from crossget_cli.core import constants, token_schedule
+from crossget_cli.errors import CrossGetError
 
 CONFIG_ATTR = "crossget_config"
 SCHEDULE_ATTR = "crossget_schedule"
@@ -119,96 +119,6 @@ def restore_classes(model: nn.Module) -> None:
         parent = type(module).__dict__.get(PARENT_ATTR)
         if parent is not None:
             module.__class__ = parent
-
-
-def run_tower(
-    x: torch.Tensor,
-    holder: nn.Module,
-    cross_name: str,
-    blocks: Sequence[nn.Module],
-    block_forward: Callable[[nn.Module, torch.Tensor, TokenState, int], torch.Tensor],
-    state: TokenState,
-    on_hidden: Callable[[int, torch.Tensor], None] | None = None,
-) -> torch.Tensor:
-    """Run a patched tower's blocks on ``x`` (``[N, T, D]``, after the
-    embeddings). With CrossGET a cross slot is appended (a copy of CLS, or of EOT
-    for text) and overwritten with the layer's cross token before each block
-    (SPEC §3), then dropped from the output; ToMe runs the blocks as they are.
-
-    ``on_hidden(i, h)`` receives the hidden states as transformers numbers them:
-    ``i = 0`` the input of the first block, ``i = l + 1`` the output of block
-    ``l``, cross slot included (recorded before the next injection)."""
-    cross = getattr(holder, cross_name, None) if state.method == "crossget" else None
-    if cross is not None:
-        x = append_cross_slot(x, state.pooled_idx)
-    if on_hidden is not None:
-        on_hidden(0, x)
-    # At inference nothing but this loop holds a block's output, so the cross
-    # slot can be updated in place; a trace or recorded hidden states keep the
-    # outputs as they were, and autograd needs them.
-    in_place = on_hidden is None and state.trace is None and not torch.is_grad_enabled()
-    for layer, (block, r) in enumerate(zip(blocks, getattr(holder, SCHEDULE_ATTR))):
-        if cross is not None:
-            x = state.inject_cross(x, cross[0, layer], in_place=in_place)
-        x = block_forward(block, x, state, r)
-        state.record(layer, x)
-        if on_hidden is not None:
-            on_hidden(layer + 1, x)
-    state.publish_cross()
-    return x if cross is None else x[:, :-1]
-
-
-def tower_state(holder: nn.Module, **text) -> TokenState:
-    """A fresh per-forward state for the tower ``holder`` belongs to; ``text``
-    gives ``input_ids`` and ``pooled_idx`` for a text tower."""
-    method = getattr(holder, METHOD_ATTR, "crossget")
-    if not text:
-        return TokenState(method=method)
-    return TokenState.for_text(text["input_ids"], text["pooled_idx"], with_cross_slot=method == "crossget", method=method)
-
-
-def append_cross_slot(x: torch.Tensor, source_idx: torch.Tensor | None = None) -> torch.Tensor:
-    """Append the initial cross slot: a copy of token 0 (vision CLS) or of the
-    token at ``source_idx`` (text EOT), SPEC §3."""
-    if source_idx is None:
-        slot = x[:, :1]
-    else:
-        slot = x[torch.arange(x.shape[0], device=x.device), source_idx][:, None]
-    return torch.cat([x, slot], dim=1)
-
-
-def split_heads(z: torch.Tensor, num_heads: int) -> torch.Tensor:
-    n, t, _ = z.shape
-    return z.view(n, t, num_heads, -1).transpose(1, 2)
-
-
-def merge_heads(z: torch.Tensor) -> torch.Tensor:
-    n, h, t, d = z.shape
-    return z.transpose(1, 2).reshape(n, t, h * d)
-
-
-# --------------------------------------------------------------------------- generating models
-
-
-def decode(tokenizer, ids: torch.Tensor) -> list[str]:
-    """Generated token ids to stripped text."""
-    if tokenizer is None:
-        raise CrossGetError("no tokenizer was saved with the model", "save the processor next to the model (save_pretrained)")
-    return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
-
-
-def generation_kwargs(generation: dict) -> dict:
-    """``max_new_tokens``, ``num_beams``, ``min_new_tokens``... as ``generate`` takes them;
-    ``None`` values are left to the model's defaults."""
-    allowed = ("max_new_tokens", "min_new_tokens", "num_beams", "repetition_penalty", "length_penalty", "do_sample")
-    return {k: v for k, v in generation.items() if k in allowed and v is not None}
-
-
-def uses_reduced_path(module: nn.Module, schedule: Sequence[int]) -> bool:
-    """Whether a tower must run the CrossGET path. A text tower with r = 0
-    everywhere is bit-identical to the original at inference (nothing attends
-    to its cross slot, SPEC §5), so it keeps the original code path."""
-    return module.training or any(r > 0 for r in schedule)
 
 
 class Adapter:
@@ -321,36 +231,3 @@ class Adapter:
         return model
 
 
-_ADAPTERS: dict[str, type[Adapter]] = {}
-
-
-def register_adapter(name: str):
-    """Class decorator adding an adapter to the registry under ``name``."""
-
-    def decorate(cls: type[Adapter]) -> type[Adapter]:
-        if name in _ADAPTERS:
-            raise ValueError(f"adapter {name!r} is already registered")
-        cls.name = name
-        _ADAPTERS[name] = cls
-        return cls
-
-    return decorate
-
-
-def list_adapters() -> list[str]:
-    return sorted(_ADAPTERS)
-
-
-def get_adapter(name: str) -> Adapter:
-    if name not in _ADAPTERS:
-        raise CrossGetError(f"unknown adapter {name!r}", f"available: {', '.join(list_adapters())}")
-    return _ADAPTERS[name]()
-
-
-def find_adapter(model: nn.Module) -> Adapter:
-    """The adapter whose family ``model`` belongs to."""
-    for name in sorted(_ADAPTERS, key=lambda n: -_ADAPTERS[n].priority):
-        if _ADAPTERS[name].matches(model):
-            return _ADAPTERS[name]()
-    supported = "; ".join(f"{n}: {_ADAPTERS[n].description}" for n in list_adapters())
-    raise CrossGetError(f"unsupported model type {type(model).__name__}", f"supported: {supported}")

@@ -1,1 +1,1 @@
-"""Command-line interface (thin: parse, call crossget_cli.tasks, print)."""
+"""Command-line interface (thin: parse, call the library, print)."""

@@ -19,8 +19,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from .. import __version__
-from ..errors import CrossGetError
+from crossget_cli.version import __version__
+from crossget_cli.errors import CrossGetError
 
 app = typer.Typer(
     name="crossget",
@@ -259,8 +259,8 @@ def compress(
     debug: DebugOpt = False,
 ):
     """Load a checkpoint, inject CrossGET, optionally fine-tune it, and export it with its recipe and a report."""
-    from ..recipes import load_recipe
-    from ..tasks.export import compress as run_compress
+    from crossget_cli.recipes import load_recipe
+    from crossget_cli.export.compress import compress as run_compress
 
     recipe_obj = load_recipe(recipe) if recipe else None
     finetune_config = None
@@ -278,7 +278,7 @@ def compress(
     elif train_data or resume:
         raise CrossGetError("--train-data/--resume are fine-tuning options", "add --finetune")
 
-    from .render import training_progress
+    from crossget_cli.cli.render import training_progress
 
     with training_progress(enabled=finetune) as on_step:
         result = run_compress(
@@ -299,7 +299,7 @@ def compress(
     if json_out:
         print_json({"output": str(result.output), "recipe": result.recipe.to_dict(), "report": result.report})
         return
-    from .render import compress_table
+    from crossget_cli.cli.render import compress_table
 
     stdout.print(compress_table(result))
     stdout.print(f"wrote {result.output}", soft_wrap=True)  # a result, not a message: stderr stays empty on success
@@ -339,8 +339,8 @@ def train(
     debug: DebugOpt = False,
 ):
     """Train or fine-tune a model without compressing it (ITC on image-caption data) and save it in its own format."""
-    from ..tasks.train import train as run_train
-    from .render import training_progress
+    from crossget_cli.train.native import train as run_train
+    from crossget_cli.cli.render import training_progress
 
     config = _finetune_config(
         None,
@@ -366,7 +366,7 @@ def train(
 
 def _coop_run(recipe, data, image_root, split, epochs, max_steps, batch_size, lr, weight_decay, seed, device, coop: dict):
     """CoOp settings: flags over the recipe's ``finetune`` section over CoOp's defaults."""
-    from ..tasks.coop import CoopConfig, CoopRun
+    from crossget_cli.train.coop import CoopConfig, CoopRun
 
     if not data:
         raise CrossGetError(
@@ -400,7 +400,8 @@ def _coop_run(recipe, data, image_root, split, epochs, max_steps, batch_size, lr
 
 def _finetune_config(recipe, flags: dict):
     """Flags over the recipe's ``finetune`` section over the defaults."""
-    from ..tasks.finetune import FinetuneConfig, recipe_settings
+    from crossget_cli.adapters.training import FinetuneConfig
+    from crossget_cli.train.loop import recipe_settings
 
     if not flags["data"]:
         raise CrossGetError(
@@ -489,11 +490,11 @@ def profile(
 ):
     """FLOPs, throughput, latency, memory and matching time: original vs CrossGET, over a sweep of r.
     Generative models (BLIP captioning/VQA, BLIP-2, LLaVA): also prefill latency, decode tokens/s, items/s, memory."""
-    from ..api import reduction_config
-    from ..tasks.loading import load_model
-    from ..tasks.files import check_writable, write_atomic
-    from ..tasks.profile import ProfileConfig, check_cuda_graphs, plot_report, profile_model
-    from .render import profile_table, progress_bar
+    from crossget_cli.adapters.patching import reduction_config
+    from crossget_cli.loading.models import load_model
+    from crossget_cli.files import check_writable, write_atomic
+    from crossget_cli.profile.speed import ProfileConfig, check_cuda_graphs, plot_report, profile_model
+    from crossget_cli.cli.render import profile_table, progress_bar
 
     if cuda_graphs:  # refused before a model is loaded
         check_cuda_graphs(device, compile_)
@@ -503,7 +504,7 @@ def profile(
     vision_sweep, text_sweep = parse_sweep("--vision-r", vision_r), parse_sweep("--text-r", text_r)
     accuracy_data = _read_json(accuracy, "--accuracy") if accuracy else None
     loaded = load_model(model, pretrained)
-    from ..adapters import find_adapter
+    from crossget_cli.adapters.registry import find_adapter
 
     adapter = find_adapter(loaded.model)
     reduces_text = "text" in adapter.reduces
@@ -530,7 +531,7 @@ def profile(
     if generation is None:
         generation = hasattr(adapter, "generation_calls") and _generates(loaded.model)
     if generation:
-        from ..tasks.generation import profile_generation
+        from crossget_cli.profile.generation import profile_generation
 
         timings = profile_generation(
             loaded.model,
@@ -553,14 +554,14 @@ def profile(
     else:
         stdout.print(profile_table(data))
         if data.get("generation"):
-            from .render import generation_table
+            from crossget_cli.cli.render import generation_table
 
             stdout.print(generation_table(data["generation"]))
 
 
 def _generates(model) -> bool:
     """Whether a model with a generative adapter has a head that generates."""
-    from ..adapters import find_adapter
+    from crossget_cli.adapters.registry import find_adapter
 
     adapter = find_adapter(model)
     try:
@@ -658,9 +659,9 @@ def eval_command(
     debug: DebugOpt = False,
 ):
     """Evaluate models (original and compressed) or prediction files: retrieval, zero-shot, captioning, VQA."""
-    from ..tasks.evaluation import EvalConfig, evaluate, evaluate_predictions
-    from ..tasks.files import check_writable
-    from .render import breakdown_tables, eval_table, progress_bar
+    from crossget_cli.evaluation.runner import EvalConfig, evaluate, evaluate_predictions
+    from crossget_cli.files import check_writable
+    from crossget_cli.cli.render import breakdown_tables, eval_table, progress_bar
 
     if not data:
         raise CrossGetError("no data given", "pass --data (a data file, folder or HF dataset)")
@@ -710,7 +711,7 @@ def eval_command(
 
 def _generation_settings(recipe: Optional[Path], **flags) -> dict:
     """Generation/re-ranking settings: flags over the recipe's eval section over the defaults."""
-    from ..recipes import load_recipe
+    from crossget_cli.recipes import load_recipe
 
     spec = load_recipe(recipe).eval if recipe else None
     from_recipe = {k: getattr(spec, k) for k in flags if spec is not None and getattr(spec, k) is not None}
@@ -727,7 +728,7 @@ def _read_json(path: Path, option: str):
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    from ..tasks.files import write_atomic
+    from crossget_cli.files import write_atomic
 
     write_atomic(path, lambda tmp: tmp.write_text(text))
 

@@ -1,7 +1,7 @@
 """The CrossGET algorithm as pure tensor functions (no model code, no I/O)."""
 
-from . import constants
-from .matching import (
+from crossget_cli.core import constants
+from crossget_cli.core.matching import (
     MergePlan,
     attention_importance,
     bipartite_matching,
@@ -10,9 +10,9 @@ from .matching import (
     protected_indices,
     token_schedule,
 )
-from .merge import ensemble_merge, merge_sum
-from .losses import contrastive_loss, js_loss
-from .state import TokenState, collect_cross_tokens, publish_cross_tokens, time_reductions, trace_reduction
+from crossget_cli.core.merge import ensemble_merge, merge_sum
+from crossget_cli.core.losses import contrastive_loss, js_loss
+from crossget_cli.core.state import TokenState, collect_cross_tokens, publish_cross_tokens, time_reductions, trace_reduction
 
 __all__ = [
     "MergePlan",

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import constants
-from .constants import NEG_INF
+from crossget_cli.core import constants
+from crossget_cli.core.constants import NEG_INF
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import constants
-from .matching import MergePlan
+from crossget_cli.core import constants
+from crossget_cli.core.matching import MergePlan
 
 
 def membership(plan: MergePlan, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import constants
-from .matching import MergePlan, bipartite_matching, clamp_r, complete_graph_matching
-from .merge import ensemble_merge
+from crossget_cli.core import constants
+from crossget_cli.core.matching import MergePlan, bipartite_matching, clamp_r, complete_graph_matching
+from crossget_cli.core.merge import ensemble_merge
 
 
 #: ``torch.profiler.record_function`` label of every reduction step (matching +

@@ -14,9 +14,10 @@ import torch
 import open_clip
 from PIL import Image
 import crossget_cli
-from crossget_cli.tasks.encoders import model_io
-from crossget_cli.tasks.finetune import FinetuneConfig, finetune
-from crossget_cli.tasks.loading import load_model
+from crossget_cli.loading.preprocessing import model_io
+from crossget_cli.adapters.training import FinetuneConfig
+from crossget_cli.train.loop import finetune
+from crossget_cli.loading.models import load_model
 
 OUT = os.environ.get("OUT", "/tmp")
 STEPS, WARMUP, BATCH = int(os.environ.get("STEPS", 200)), 20, 64
@@ -37,7 +38,7 @@ def timed_steps(vision_r, amp):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.05)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[amp]
-    from crossget_cli.tasks.losses import clip_losses
+    from crossget_cli.adapters.contrastive import clip_losses
 
     torch.cuda.reset_peak_memory_stats()
     times, losses = [], []

@@ -6,7 +6,7 @@ mode once, in a rotating order), median of repeats after warm-up:
 * open_clip ViT-B-16 image tower: original, CrossGET rv16, ToMe rv16;
 * open_clip ViT-L-14-336 image tower: original, CrossGET r13;
 
-at batch 1 and 64, eager and as CUDA graphs (``crossget_cli.tasks.cuda_graphs``).
+at batch 1 and 64, eager and as CUDA graphs (``crossget_cli.profile.cuda_graphs``).
 Reports images/s, latency, ratios to the original (same mode, and eager), the
 graph-vs-eager speed-up of each run and the largest difference between a graph
 replay and the eager output. Also:
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 import crossget_cli
 from bench_output import emit  # tests/device/, the script's own folder
-from crossget_cli.tasks.report import tokens_per_layer
+from crossget_cli.profile.report import tokens_per_layer
 
 # (open_clip name, [(run label, method, vision r)]); the original is method None.
 SPECS = [
@@ -94,7 +94,7 @@ def summary_stats(times: list[float], batch: int) -> dict:
 
 
 def bench_model(name: str, runs: list, args, device: torch.device, dtype: torch.dtype, cuda: bool) -> dict:
-    from crossget_cli.tasks.cuda_graphs import capture_graph
+    from crossget_cli.profile.cuda_graphs import capture_graph
 
     def sync() -> None:
         if cuda:

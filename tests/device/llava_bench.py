@@ -31,8 +31,8 @@ import torch
 
 import crossget_cli
 from bench_output import emit  # tests/device/, the script's own folder
-from crossget_cli.adapters import find_adapter
-from crossget_cli.adapters.llava import num_image_tokens
+from crossget_cli.adapters.registry import find_adapter
+from crossget_cli.adapters.llava.adapter import num_image_tokens
 
 IMAGE_TOKEN, PAD, BOS, VOCAB = 32000, 32001, 1, 32064
 

@@ -1,0 +1,86 @@
+"""Running a patched tower: the loop over its blocks with the cross slot
+(SPEC §3), the per-forward state, and the attention-head reshapes every
+family's block shares."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from crossget_cli.adapters.base import METHOD_ATTR, SCHEDULE_ATTR
+from crossget_cli.core import TokenState
+
+
+def run_tower(
+    x: torch.Tensor,
+    holder: nn.Module,
+    cross_name: str,
+    blocks: Sequence[nn.Module],
+    block_forward: Callable[[nn.Module, torch.Tensor, TokenState, int], torch.Tensor],
+    state: TokenState,
+    on_hidden: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Run a patched tower's blocks on ``x`` (``[N, T, D]``, after the
+    embeddings). With CrossGET a cross slot is appended (a copy of CLS, or of EOT
+    for text) and overwritten with the layer's cross token before each block
+    (SPEC §3), then dropped from the output; ToMe runs the blocks as they are.
+
+    ``on_hidden(i, h)`` receives the hidden states as transformers numbers them:
+    ``i = 0`` the input of the first block, ``i = l + 1`` the output of block
+    ``l``, cross slot included (recorded before the next injection)."""
+    cross = getattr(holder, cross_name, None) if state.method == "crossget" else None
+    if cross is not None:
+        x = append_cross_slot(x, state.pooled_idx)
+    if on_hidden is not None:
+        on_hidden(0, x)
+    # At inference nothing but this loop holds a block's output, so the cross
+    # slot can be updated in place; a trace or recorded hidden states keep the
+    # outputs as they were, and autograd needs them.
+    in_place = on_hidden is None and state.trace is None and not torch.is_grad_enabled()
+    for layer, (block, r) in enumerate(zip(blocks, getattr(holder, SCHEDULE_ATTR))):
+        if cross is not None:
+            x = state.inject_cross(x, cross[0, layer], in_place=in_place)
+        x = block_forward(block, x, state, r)
+        state.record(layer, x)
+        if on_hidden is not None:
+            on_hidden(layer + 1, x)
+    state.publish_cross()
+    return x if cross is None else x[:, :-1]
+
+
+def tower_state(holder: nn.Module, **text) -> TokenState:
+    """A fresh per-forward state for the tower ``holder`` belongs to; ``text``
+    gives ``input_ids`` and ``pooled_idx`` for a text tower."""
+    method = getattr(holder, METHOD_ATTR, "crossget")
+    if not text:
+        return TokenState(method=method)
+    return TokenState.for_text(text["input_ids"], text["pooled_idx"], with_cross_slot=method == "crossget", method=method)
+
+
+def append_cross_slot(x: torch.Tensor, source_idx: torch.Tensor | None = None) -> torch.Tensor:
+    """Append the initial cross slot: a copy of token 0 (vision CLS) or of the
+    token at ``source_idx`` (text EOT), SPEC §3."""
+    if source_idx is None:
+        slot = x[:, :1]
+    else:
+        slot = x[torch.arange(x.shape[0], device=x.device), source_idx][:, None]
+    return torch.cat([x, slot], dim=1)
+
+
+def split_heads(z: torch.Tensor, num_heads: int) -> torch.Tensor:
+    n, t, _ = z.shape
+    return z.view(n, t, num_heads, -1).transpose(1, 2)
+
+
+def merge_heads(z: torch.Tensor) -> torch.Tensor:
+    n, h, t, d = z.shape
+    return z.transpose(1, 2).reshape(n, t, h * d)
+
+
+def uses_reduced_path(module: nn.Module, schedule: Sequence[int]) -> bool:
+    """Whether a tower must run the CrossGET path. A text tower with r = 0
+    everywhere is bit-identical to the original at inference (nothing attends
+    to its cross slot, SPEC §5), so it keeps the original code path."""
+    return module.training or any(r > 0 for r in schedule)

@@ -1,0 +1,175 @@
+"""What a model family's fine-tuning objective sees: the training settings
+(:class:`FinetuneConfig`), the :class:`Objective` protocol and its registry, and
+the process-group helpers a loss needs to cover the global batch.
+
+The loop that runs an objective lives in :mod:`crossget_cli.train`; objectives
+live with their family (``adapters/<family>/``) or, when they fit every dual
+encoder, in :mod:`crossget_cli.adapters.contrastive`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset
+
+from crossget_cli.adapters.model_io import ModelIO
+from crossget_cli.errors import CrossGetError
+from crossget_cli.files import check_writable
+from crossget_cli.registry import Registry
+
+TRAINABLE = ("all", "cross")
+#: Named parameter groups of ``--trainable`` (recipes' ``finetune.trainable``).
+TRAINABLE_GROUPS = {
+    "cross+projector": "cross_image,cross_text,multi_modal_projector",
+    "cross+projector+llm": "cross_image,cross_text,multi_modal_projector,language_model,lm_head",
+}
+#: The ``trainable`` values a recipe and a FinetuneConfig share (CoOp's ``prompt+cross`` is its own).
+SHARED_TRAINABLE = (*TRAINABLE, *TRAINABLE_GROUPS)
+AMP = ("none", "fp16", "bf16")
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Attributes mirror the ``crossget compress --finetune`` flags; defaults are
+    the paper's (AdamW, lr 1e-5, weight decay 0.05, cosine to 0, ITC/L_JS 0.5/0.5)."""
+
+    data: str
+    image_root: str | None = None
+    split: str = "train"
+    image_column: str = "image"
+    caption_column: str = "caption"
+    val_data: str | None = None
+    val_split: str = "val"
+    epochs: int = 1
+    max_steps: int | None = None  # stop after this many optimizer steps
+    batch_size: int = 64  # global batch (split over processes)
+    grad_accum: int = 1
+    lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    clip_grad: float | None = None
+    trainable: str = "all"  # all, cross, or comma-separated parameter-name substrings
+    amp: str = "none"  # none, fp16 (with a gradient scaler), bf16; CUDA only
+    objective: str = "clip"  # a registered Objective: what the loss is and what data it reads
+    task_weight: float | None = None  # weight of the task loss (ITC for clip); None: the objective's default
+    js_weight: float | None = None  # weight of L_JS; None: the objective's default
+    seed: int = 0
+    device: str = "cpu"
+    num_workers: int = 0
+    checkpoint_dir: str | None = None
+    checkpoint_every: int | None = None  # steps; a checkpoint is also written at each epoch end
+    resume: bool = False
+    log_every: int = 1
+    limit: int | None = None  # use only the first N training images
+    annotations: str | None = None  # VQA answers (VQAv2 annotation JSON) for VQA objectives
+
+    def __post_init__(self):
+        positive = ("epochs", "batch_size", "grad_accum", "log_every")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CrossGetError(f"{name} must be a positive integer, got {value!r}", f"e.g. --{name.replace('_', '-')} 1")
+        for name in ("max_steps", "checkpoint_every", "limit"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise CrossGetError(f"{name} must be a positive integer, got {value!r}", "or leave it unset")
+        if not (self.lr > 0):
+            raise CrossGetError(f"lr must be > 0, got {self.lr!r}", "e.g. --lr 1e-5")
+        if self.schedule not in SCHEDULES:
+            raise CrossGetError(f"unknown schedule {self.schedule!r}", f"choose one of: {', '.join(SCHEDULES)}")
+        if self.amp not in AMP:
+            raise CrossGetError(f"unknown amp {self.amp!r}", f"choose one of: {', '.join(AMP)}")
+        if self.amp != "none" and not self.device.startswith("cuda"):
+            raise CrossGetError(
+                f"amp {self.amp} (--amp, or the recipe's finetune.amp) needs a CUDA device",
+                "pass --amp none to train in float32 on the CPU (it overrides the recipe), or --device cuda",
+            )
+        if self.resume and not self.checkpoint_dir:
+            raise CrossGetError("--resume needs --checkpoint-dir", "pass the folder of the interrupted run")
+        if self.checkpoint_dir:  # found now, not when the first checkpoint is due
+            check_writable(self.checkpoint_dir, "--checkpoint-dir", folder=True)
+        objective = get_objective(self.objective)
+        if self.js_weight is None:
+            object.__setattr__(self, "js_weight", objective.default_js_weight)
+        if self.task_weight is None:
+            object.__setattr__(self, "task_weight", objective.task_weight_for(self.js_weight))
+        for name in ("task_weight", "js_weight"):
+            if not getattr(self, name) >= 0:
+                raise CrossGetError(f"{name} must be >= 0, got {getattr(self, name)!r}", f"e.g. --{name.replace('_', '-')} 0.5")
+
+
+class Objective:
+    """What a fine-tune optimises: the training items and the losses of a batch of them.
+
+    ``dataset`` returns an indexable data set of items (anything ``losses`` understands);
+    ``losses`` returns the loss terms named in ``parts`` and their weighted ``"total"``,
+    computed over the *global* batch when several processes train (gather what the
+    loss couples across samples). ``metric`` is the validation score to maximise.
+    """
+
+    name: ClassVar[str]
+    parts: ClassVar[tuple[str, ...]] = ()
+    metric: ClassVar[str] = "r_mean"
+    default_js_weight: ClassVar[float] = 0.5
+    default_task_weight: ClassVar[float] = 1.0
+
+    def task_weight_for(self, js_weight: float) -> float:
+        """The task loss's weight when only ``js_weight`` is given."""
+        return self.default_task_weight
+
+    def dataset(self, io: ModelIO, config: FinetuneConfig) -> Dataset:
+        raise NotImplementedError
+
+    def losses(self, model: nn.Module, io: ModelIO, items: list[Any], config: FinetuneConfig) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def validator(self, config: FinetuneConfig) -> Callable[[ModelIO], dict[str, float]] | None:
+        """Scores of the model on ``config.val_data`` (including ``metric``), or None: no validation."""
+        return None
+
+
+OBJECTIVES: Registry[type[Objective]] = Registry("fine-tuning objective")
+
+
+def register_objective(name: str):
+    """Class decorator: make an :class:`Objective` available as ``--objective name``."""
+    return OBJECTIVES.register(name)
+
+
+def list_objectives() -> list[str]:
+    return OBJECTIVES.names()
+
+
+def get_objective(name: str) -> Objective:
+    return OBJECTIVES.get(name)()
+
+
+def world_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: str) -> bool:
+    """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return True
+
+
+def gather(tensor: torch.Tensor) -> torch.Tensor:
+    """All ranks' rows, in rank order, with gradients flowing back to each rank."""
+    if world_info()[1] == 1:
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor))

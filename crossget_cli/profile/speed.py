@@ -1,0 +1,810 @@
+"""The library side of ``crossget profile``: MACs, throughput, latency, memory
+and matching time of a model, original against CrossGET settings.
+
+Plain Python (no printing, no CLI). :func:`profile_model` measures, per tower
+(image, text) and per setting:
+
+* MACs of one image / one full-length caption (:func:`.flops.model_macs`);
+* throughput (items/s) at each batch size: warm-up, then the median of
+  ``repeats`` timed forwards, with min/max and interquartile spread;
+* latency at batch 1 (ms, median);
+* peak memory of one forward at the largest batch size (the method is named in
+  :attr:`ProfileReport.memory_method`);
+* time spent in CrossGET's reduction step (matching + merging) in one profiled
+  forward, and its fraction of that forward.
+
+With ``cuda_graphs`` the timed forwards (original and compressed alike) are CUDA
+graph replays (:mod:`.cuda_graphs`), captured once per setting, tower and batch
+size; MACs, memory and the reduction time still come from eager forwards.
+
+All settings are measured in the same process and **interleaved**: every
+repeat times each setting once (in a rotating order), so machine noise hits
+the original and the compressed models alike. Ratios to the original are
+reported for every run.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import product
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from crossget_cli.adapters.patching import patch, unpatch
+from crossget_cli.config import METHODS, plain_r, validate_r
+from crossget_cli.errors import CrossGetError
+from crossget_cli.core.state import REDUCE_LABEL, time_reductions
+from crossget_cli.profile.cpu_memory import peak_allocated_bytes
+from crossget_cli.profile.cuda_graphs import capture_graph, require_cuda_graphs
+from crossget_cli.profile.flops import model_macs
+from crossget_cli.loading.formats import DTYPES
+from crossget_cli.profile.report import tokens_per_layer
+
+__all__ = [
+    "DTYPES",
+    "REDUCE_LABEL",
+    "SCHEMA_VERSION",
+    "ProfileConfig",
+    "ProfileReport",
+    "RunResult",
+    "check_cuda_graphs",
+    "plot_report",
+    "profile_model",
+    "tokens_per_layer",
+]
+
+SCHEMA_VERSION = 1
+_DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
+TOWER_CHOICES = ("both", "image", "text")
+_FORWARD_LABEL = "crossget.forward"
+
+Progress = Callable[[int, int, str], None]
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _sweep(name: str, values) -> tuple:
+    if isinstance(values, (int, bool)) or values is None:
+        values = [values]
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise CrossGetError(f"{name} must be a list of settings, got {values!r}", "e.g. vision_r=[8, 16]")
+    if len(values) == 0:
+        raise CrossGetError(f"{name} is empty", "give at least one value (0 means no reduction)")
+    out = []
+    for v in values:
+        v = validate_r(name, v)
+        if v not in out:
+            out.append(v)
+    return tuple(out)
+
+
+def _check_device(device: str) -> str:
+    if not isinstance(device, str):
+        raise CrossGetError(f"device must be a string, got {device!r}", "use cpu, cuda or cuda:N")
+    match = re.fullmatch(r"(cpu|cuda)(?::(\d+))?", device.strip().lower())
+    if match is None or (match.group(1) == "cpu" and match.group(2) is not None):
+        raise CrossGetError(f"unknown device {device!r}", "use cpu, cuda or cuda:N")
+    kind, index = match.group(1), match.group(2)
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise CrossGetError(
+                f"device {device!r} requested but CUDA is not available", "use --device cpu, or install a CUDA build of torch"
+            )
+        if index is not None and int(index) >= torch.cuda.device_count():
+            raise CrossGetError(
+                f"device {device!r} does not exist ({torch.cuda.device_count()} CUDA device(s))",
+                f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}",
+            )
+    return device.strip().lower()
+
+
+def check_cuda_graphs(device: str, compile: bool = False) -> None:
+    """Raise :class:`CrossGetError` unless CUDA graphs can time the forwards on
+    ``device`` (a CUDA device, CUDA available, not combined with ``compile``).
+    The CLI calls it before loading a model."""
+    if compile:
+        raise CrossGetError(
+            "--cuda-graphs and --compile cannot be combined",
+            "pick one of them: CUDA graphs replay the eager forward",
+        )
+    require_cuda_graphs(_check_device(device))
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """What :func:`profile_model` measures.
+
+    Attributes:
+        vision_r: sweep values for the vision tower: each an integer (every
+            layer) or a per-layer list. One run per (vision_r, text_r)
+            combination; the original model is always measured as the baseline.
+        text_r: sweep values for the text tower.
+        batch_sizes: throughput batch sizes (latency is always at batch 1).
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        dtype: ``"fp32"``, ``"fp16"`` or ``"bf16"``: the copies are cast to it.
+        threads: ``torch.set_num_threads`` during profiling (``None``: unchanged).
+        compile: run the encoders through ``torch.compile``.
+        cuda_graphs: time CUDA-graph replays of the encoder forwards (captured
+            once per setting, tower and batch size) instead of eager calls;
+            needs a CUDA device, excludes ``compile``.
+        warmup: untimed forwards per setting, tower and batch size.
+        repeats: timed forwards per setting, tower and batch size.
+        towers: ``"both"``, ``"image"`` or ``"text"``.
+        method: ``"crossget"`` or ``"tome"`` for every swept run.
+    """
+
+    vision_r: Sequence = (16,)
+    text_r: Sequence = (6,)
+    batch_sizes: Sequence[int] = (1, 32)
+    device: str = "cpu"
+    dtype: str = "fp32"
+    threads: int | None = None
+    compile: bool = False
+    warmup: int = 3
+    repeats: int = 10
+    towers: str = "both"
+    method: str = "crossget"
+    cuda_graphs: bool = False
+
+    def __post_init__(self):
+        setattr_ = functools.partial(object.__setattr__, self)
+        setattr_("vision_r", _sweep("vision_r", self.vision_r))
+        setattr_("text_r", _sweep("text_r", self.text_r))
+
+        sizes = self.batch_sizes
+        if isinstance(sizes, int) and not isinstance(sizes, bool):
+            sizes = [sizes]
+        if not isinstance(sizes, Sequence) or isinstance(sizes, str) or len(sizes) == 0:
+            raise CrossGetError(f"batch_sizes must be a non-empty list, got {self.batch_sizes!r}", "e.g. batch_sizes=[1, 32]")
+        for b in sizes:
+            if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+                raise CrossGetError(f"batch size must be a positive integer, got {b!r}", "e.g. batch_sizes=[1, 32]")
+        setattr_("batch_sizes", tuple(dict.fromkeys(sizes)))
+
+        setattr_("device", _check_device(self.device))
+
+        dtype = str(self.dtype).lower()
+        dtype = _DTYPE_ALIASES.get(dtype, dtype)
+        if dtype not in DTYPES:
+            raise CrossGetError(f"unknown dtype {self.dtype!r}", f"choose one of: {', '.join(DTYPES)}")
+        setattr_("dtype", dtype)
+
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1):
+            raise CrossGetError(f"threads must be a positive integer, got {self.threads!r}", "omit it to keep torch's default")
+        for name, low in (("warmup", 0), ("repeats", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise CrossGetError(f"{name} must be an integer >= {low}, got {value!r}", "e.g. warmup=3, repeats=10")
+        if self.method not in METHODS:
+            raise CrossGetError(f"unknown method {self.method!r}", f"choose one of: {', '.join(METHODS)}")
+        if self.towers not in TOWER_CHOICES:
+            raise CrossGetError(f"unknown towers {self.towers!r}", f"choose one of: {', '.join(TOWER_CHOICES)}")
+        setattr_("compile", bool(self.compile))
+        setattr_("cuda_graphs", bool(self.cuda_graphs))
+        if self.cuda_graphs:
+            check_cuda_graphs(self.device, self.compile)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def settings(self) -> list[tuple]:
+        """The (vision_r, text_r) combinations, in sweep order."""
+        return list(product(self.vision_r, self.text_r))
+
+    def to_dict(self) -> dict:
+        return {
+            "vision_r": [plain_r(r) for r in self.vision_r],
+            "text_r": [plain_r(r) for r in self.text_r],
+            "batch_sizes": list(self.batch_sizes),
+            "device": self.device,
+            "dtype": self.dtype,
+            "threads": self.threads,
+            "compile": self.compile,
+            "cuda_graphs": self.cuda_graphs,
+            "warmup": self.warmup,
+            "repeats": self.repeats,
+            "towers": self.towers,
+            "method": self.method,
+        }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def run_label(vision_r, text_r, method: str = "crossget") -> str:
+    """``"original"`` for the baseline, else e.g. ``"rv16_rl6"`` (CrossGET) or
+    ``"tome_rv16_rl6"``."""
+    if method == "none":
+        return "original"
+
+    def part(r):
+        return str(r) if isinstance(r, int) else "[" + ",".join(map(str, r)) + "]"
+
+    prefix = "" if method == "crossget" else f"{method}_"
+    return f"{prefix}rv{part(vision_r)}_rl{part(text_r)}"
+
+
+@dataclass
+class RunResult:
+    """One setting's measurements. Per-tower dicts are keyed ``"image"``,
+    ``"text"`` and ``"pair"`` (one image + one caption, when both are measured);
+    per-batch dicts by the batch size as a string (JSON keys)."""
+
+    vision_r: Any
+    text_r: Any
+    method: str
+    image_gmacs: float | None
+    text_gmacs: float | None
+    gmacs: float
+    macs_by_kind: dict
+    tokens_per_layer: dict[str, list[int]]
+    throughput: dict[str, dict[str, float]] = field(default_factory=dict)
+    throughput_spread: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    time_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    peak_memory_mb: dict[str, float | None] = field(default_factory=dict)
+    matching_ms: dict[str, float | None] = field(default_factory=dict)
+    matching_fraction: dict[str, float | None] = field(default_factory=dict)
+    ratios: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return run_label(self.vision_r, self.text_r, self.method)
+
+    def to_dict(self) -> dict:
+        return {
+            "label": self.label,
+            "method": self.method,
+            "vision_r": plain_r(self.vision_r),
+            "text_r": plain_r(self.text_r),
+            "image_gmacs": self.image_gmacs,
+            "text_gmacs": self.text_gmacs,
+            "gmacs": self.gmacs,
+            "macs_by_kind_gmacs": self.macs_by_kind,
+            "tokens_per_layer": self.tokens_per_layer,
+            "throughput": self.throughput,
+            "throughput_spread": self.throughput_spread,
+            "time_ms": self.time_ms,
+            "latency_ms": self.latency_ms,
+            "peak_memory_mb": self.peak_memory_mb,
+            "matching_ms": self.matching_ms,
+            "matching_fraction": self.matching_fraction,
+            "ratios": self.ratios,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "RunResult":
+        names = {f for f in cls.__dataclass_fields__}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        kwargs["macs_by_kind"] = data.get("macs_by_kind_gmacs", {})
+        return cls(**kwargs)
+
+
+@dataclass
+class ProfileReport:
+    """The result of :func:`profile_model`; ``runs[0]`` is the original model."""
+
+    model: str
+    device: str
+    dtype: str
+    threads: int
+    batch_sizes: list[int]
+    towers: list[str]
+    compile: bool
+    warmup: int
+    repeats: int
+    profile_batch: int
+    memory_method: str
+    matching_method: str
+    runs: list[RunResult]
+    cuda_graphs: bool = False
+    torch_version: str = torch.__version__
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def original(self) -> RunResult:
+        return self.runs[0]
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": self.schema_version,
+            "model": self.model,
+            "device": self.device,
+            "dtype": self.dtype,
+            "threads": self.threads,
+            "compile": self.compile,
+            "cuda_graphs": self.cuda_graphs,
+            "batch_sizes": list(self.batch_sizes),
+            "towers": list(self.towers),
+            "warmup": self.warmup,
+            "repeats": self.repeats,
+            "profile_batch": self.profile_batch,
+            "memory_method": self.memory_method,
+            "matching_method": self.matching_method,
+            "macs_convention": "fvcore MACs (the paper's GFLOPs): 1 image + 1 full-length caption; FLOPs = 2 x MACs",
+            "timing": "interleaved round-robin over all runs; median of repeats; spread = min/max and quartiles"
+            + (
+                "; each timed call is a CUDA graph replay (input copy + replay), captured once per run, tower and batch size"
+                if self.cuda_graphs
+                else ""
+            ),
+            "torch_version": self.torch_version,
+            "runs": [run.to_dict() for run in self.runs],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "ProfileReport":
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise CrossGetError(
+                f"profile report schema_version {data.get('schema_version')!r} is not supported",
+                f"this version reads schema_version {SCHEMA_VERSION}",
+            )
+        names = {f for f in cls.__dataclass_fields__}
+        kwargs = {k: v for k, v in data.items() if k in names and k != "runs"}
+        return cls(runs=[RunResult.from_dict(r) for r in data["runs"]], **kwargs)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    pos = q * (len(sorted_values) - 1)
+    low = math.floor(pos)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
+
+
+def _stats(times: list[float], items: int) -> tuple[float, float, dict]:
+    """(median seconds, items/s at the median, spread of items/s)."""
+    s = sorted(times)
+    median = _percentile(s, 0.5)
+    spread = {
+        "min": items / s[-1],
+        "q1": items / _percentile(s, 0.75),
+        "q3": items / _percentile(s, 0.25),
+        "max": items / s[0],
+    }
+    return median, items / median, spread
+
+
+@contextmanager
+def _num_threads(threads: int | None):
+    if threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextmanager
+def _dynamo_limits(entries: int, enabled: bool):
+    """Every setting is one more cache entry for the same code objects: raise
+    dynamo's recompile limits for the run so that no setting falls back to eager."""
+    if not enabled:
+        yield
+        return
+    import torch._dynamo.config as dynamo_config
+
+    saved = {}
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(dynamo_config, name):
+            saved[name] = getattr(dynamo_config, name)
+            setattr(dynamo_config, name, max(saved[name], entries))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(dynamo_config, name, value)
+
+
+def _top_level(events, name: str):
+    """Events named ``name`` that are not nested in another event of that name."""
+    found = []
+    for event in events:
+        if event.name != name:
+            continue
+        parent = event.cpu_parent
+        while parent is not None and parent.name != name:
+            parent = parent.cpu_parent
+        if parent is None:
+            found.append(event)
+    return found
+
+
+@dataclass
+class _Variant:
+    vision_r: Any
+    text_r: Any
+    method: str
+    model: nn.Module
+    calls: dict[str, Callable] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return run_label(self.vision_r, self.text_r, self.method)
+
+
+def _model_name(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    name = getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None)
+    return name or type(model).__name__
+
+
+def _share_weights_copy(model: nn.Module) -> nn.Module:
+    """A deep copy whose parameters and buffers are the originals' (no extra
+    weight memory): patching swaps classes and registers cross tokens on the
+    copy's own modules only."""
+    memo = {id(t): t for t in model.parameters()}
+    memo.update({id(t): t for t in model.buffers()})
+    return copy.deepcopy(model, memo)
+
+
+# --------------------------------------------------------------------------- profiling
+
+
+def profile_model(
+    model: nn.Module,
+    config: ProfileConfig,
+    progress: Progress | None = None,
+    model_name: str | None = None,
+    adapter=None,
+) -> ProfileReport:
+    """Measure ``model`` as it is (its patch state removed: the original) and
+    patched with each setting of ``config``. ``model`` itself is not changed.
+
+    Args:
+        model: a model an adapter supports (patched or not).
+        config: the sweep and the measurement settings.
+        progress: called as ``progress(done, total, description)`` after each step.
+        model_name: the name written into the report (default: from the model).
+        adapter: the adapter to use (default: found from the model).
+    """
+    from crossget_cli.adapters.registry import find_adapter
+
+    adapter = adapter or find_adapter(model)
+    device = torch.device(config.device)
+    dtype = config.torch_dtype
+    inputs = adapter.inputs(model)
+
+    available = [t for t, present in (("image", inputs.image_size), ("text", inputs.context_length)) if present is not None]
+    wanted = ["image", "text"] if config.towers == "both" else [config.towers]
+    towers = [t for t in wanted if t in available]
+    if not towers:
+        raise CrossGetError(f"the model has no {config.towers} tower to profile", f"it has: {', '.join(available) or 'none'}")
+
+    # One converted copy holds the weights; every setting is a weight-sharing
+    # copy of it, patched (trained cross tokens of a patched model are kept).
+    base = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+    variants = []
+    for vision_r, text_r in config.settings():
+        copy_ = _share_weights_copy(base)
+        patched = patch(copy_, vision_r=vision_r, text_r=text_r, method=config.method).eval()
+        variants.append(_Variant(vision_r, text_r, config.method, patched))
+    variants.insert(0, _Variant(0, 0, "none", unpatch(base).eval()))
+
+    sizes = sorted(set(config.batch_sizes) | {1})
+    profile_batch = max(config.batch_sizes)
+    steps_total = len(variants) + len(towers) * len(sizes) + len(variants) * len(towers)
+    steps = [0]
+
+    def step(description: str) -> None:
+        steps[0] += 1
+        if progress is not None:
+            progress(steps[0], steps_total, description)
+
+    cuda = device.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    encoders = {"image": adapter.encode_image, "text": adapter.encode_text}
+    eager_calls = {}
+    for i, variant in enumerate(variants):
+        for tower in towers:
+            call = _encoder_call(encoders[tower], variant.model)
+            eager_calls[i, tower] = call
+            variant.calls[tower] = torch.compile(call, dynamic=False) if config.compile else call
+
+    examples = {}
+    for b in sizes:
+        if "image" in towers:
+            examples["image", b] = inputs.example_images(b).to(device=device, dtype=dtype)
+        if "text" in towers:
+            examples["text", b] = inputs.example_texts(b).to(device)
+
+    results = []
+    with _num_threads(config.threads), _dynamo_limits(4 * len(variants) * len(sizes) * len(towers) + 8, config.compile):
+        # MACs and token counts (uncompiled, one image + one caption).
+        for variant in variants:
+            macs = model_macs(variant.model, adapter)
+            kinds = macs.to_dict()["by_kind_gmacs"]
+            results.append(
+                RunResult(
+                    vision_r=variant.vision_r,
+                    text_r=variant.text_r,
+                    method=variant.method,
+                    image_gmacs=macs.image_gmacs,
+                    text_gmacs=macs.text_gmacs,
+                    gmacs=macs.gmacs,
+                    macs_by_kind=kinds,
+                    tokens_per_layer=tokens_per_layer(variant.model),
+                )
+            )
+            step(f"MACs {variant.label}")
+
+        times: dict[tuple[int, str, int], list[float]] = {}
+        with torch.inference_mode():
+            # Timing, interleaved: each repeat times every setting once, in a
+            # rotating order.
+            for tower in towers:
+                for b in sizes:
+                    x = examples[tower, b]
+                    # CUDA graphs: one per run at this batch size, released
+                    # before the next one is captured.
+                    calls = [
+                        capture_graph(v.calls[tower], x, warmup=max(1, config.warmup)) if config.cuda_graphs else v.calls[tower]
+                        for v in variants
+                    ]
+                    for call in calls:
+                        for _ in range(config.warmup):
+                            call(x)
+                    sync()
+                    for rep in range(config.repeats):
+                        shift = rep % len(variants)
+                        for i in list(range(shift, len(variants))) + list(range(shift)):
+                            sync()
+                            start = time.perf_counter()
+                            calls[i](x)
+                            sync()
+                            times.setdefault((i, tower, b), []).append(time.perf_counter() - start)
+                    del calls, call  # frees the graphs of this batch size
+                    step(f"timed {tower} at batch {b}")
+
+            # One profiled (eager) forward per setting and tower: reduction
+            # time and, on CPU, memory; CUDA memory from the timed callable
+            # (the eager one with CUDA graphs: a replay allocates nothing).
+            memory_method, matching_method = _methods(cuda, profile_batch, config.compile, config.cuda_graphs)
+            for i, variant in enumerate(variants):
+                result, profiled_ms = results[i], {}
+                for tower in towers:
+                    x = examples[tower, profile_batch]
+                    memory, reduce_ms, profiled_ms[tower] = _profiled_forward(
+                        eager_calls[i, tower], variant.calls[tower], x, cuda, sync, device
+                    )
+                    result.peak_memory_mb[tower] = memory
+                    result.matching_ms[tower] = reduce_ms
+                    result.matching_fraction[tower] = _div(reduce_ms, profiled_ms[tower])
+                    step(f"profiled {tower} of {variant.label}")
+                if len(towers) == 2:
+                    result.matching_ms["pair"] = sum(result.matching_ms[t] for t in towers)
+                    result.matching_fraction["pair"] = _div(result.matching_ms["pair"], sum(profiled_ms.values()))
+
+    for i, result in enumerate(results):
+        _fill_timing(result, i, times, towers, config.batch_sizes)
+    for result in results:
+        result.ratios = _ratios(result, results[0])
+
+    return ProfileReport(
+        model=model_name or _model_name(model),
+        device=str(device),
+        dtype=config.dtype,
+        threads=config.threads if config.threads is not None else torch.get_num_threads(),
+        batch_sizes=list(config.batch_sizes),
+        towers=towers,
+        compile=config.compile,
+        warmup=config.warmup,
+        repeats=config.repeats,
+        profile_batch=profile_batch,
+        memory_method=memory_method,
+        matching_method=matching_method,
+        runs=results,
+        cuda_graphs=config.cuda_graphs,
+    )
+
+
+def _div(a, b):
+    return None if a is None or b in (None, 0) else a / b
+
+
+def _encoder_call(encode: Callable, model: nn.Module) -> Callable:
+    def call(x: torch.Tensor) -> torch.Tensor:
+        return encode(model, x)
+
+    return call
+
+
+def _methods(cuda: bool, batch: int, compiled: bool, graphed: bool = False) -> tuple[str, str]:
+    eager = " (eager, uncompiled forward)" if compiled else " (eager forward, not a CUDA graph replay)" if graphed else ""
+    if cuda:
+        memory = (
+            f"cuda: torch.cuda.max_memory_allocated() during one forward at batch {batch}, after "
+            "reset_peak_memory_stats(), minus memory_allocated() before it (activations and workspaces; weights excluded)"
+            + (" (eager forward: a CUDA graph replay allocates nothing)" if graphed else "")
+        )
+        matching = (
+            f"device time of the '{REDUCE_LABEL}' record_function ranges (matching + merging) in one torch.profiler "
+            f"forward at batch {batch}{eager}; fraction of that forward's device time"
+        )
+    else:
+        memory = (
+            f"cpu: peak of the bytes of tensors created during one forward at batch {batch} and alive at once "
+            "(a dispatch mode tracking each storage from the op that returns it to its release); weights and inputs "
+            f"excluded; not the process RSS (allocator caching and memory BLAS/oneDNN take outside tensors are not seen){eager}"
+        )
+        matching = (
+            f"CPU wall time of the reduction steps (matching + merging; host timers, no profiler) in one forward "
+            f"at batch {batch}{eager}; fraction of that forward's wall time"
+        )
+    return memory, matching
+
+
+def _profiled_forward(
+    call: Callable, timed_call: Callable, x: torch.Tensor, cuda: bool, sync: Callable, device
+) -> tuple[float | None, float, float]:
+    """(peak memory MB, reduction ms, forward ms): the reduction time and the
+    forward time from one instrumented run of ``call``; the memory from one run
+    of ``timed_call`` (the callable that was timed) on CUDA, of ``call`` on the CPU.
+
+    The CPU needs no profiler: host timers are the measure there, and a dispatch
+    mode counts the memory (Kineto would print to stderr and probe for a GPU)."""
+    if not cuda:
+        with time_reductions() as steps:
+            start = time.perf_counter()
+            call(x)
+            forward_s = time.perf_counter() - start
+        memory = peak_allocated_bytes(call, x) / 2**20
+        return memory, sum(steps) * 1e3, forward_s * 1e3
+
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    sync()
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    timed_call(x)
+    sync()
+    memory = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with record_function(_FORWARD_LABEL):
+            call(x)
+        sync()
+    events = prof.events()
+
+    def total_us(event) -> float:
+        return event.device_time_total or event.cpu_time_total
+
+    reduce_us = sum(total_us(e) for e in _top_level(events, REDUCE_LABEL))
+    forward_us = sum(total_us(e) for e in _top_level(events, _FORWARD_LABEL))
+    return memory, reduce_us / 1e3, forward_us / 1e3
+
+
+def _fill_timing(result: RunResult, index: int, times: dict, towers: list[str], batch_sizes: Sequence[int]) -> None:
+    series: dict[tuple[str, int], list[float]] = {}
+    for (i, tower, b), values in times.items():
+        if i == index:
+            series[tower, b] = values
+    if len(towers) == 2:
+        for b in {b for (_, b) in series}:
+            series["pair", b] = [a + t for a, t in zip(series["image", b], series["text", b])]
+    names = towers + (["pair"] if len(towers) == 2 else [])
+    for name in names:
+        result.throughput[name], result.throughput_spread[name], result.time_ms[name] = {}, {}, {}
+        for b in sorted({b for (n, b) in series if n == name}):
+            median, items_per_s, spread = _stats(series[name, b], b)
+            result.time_ms[name][str(b)] = median * 1e3
+            if b in batch_sizes:
+                result.throughput[name][str(b)] = items_per_s
+                result.throughput_spread[name][str(b)] = spread
+            if b == 1:
+                result.latency_ms[name] = median * 1e3
+
+
+def _ratios(run: RunResult, original: RunResult) -> dict:
+    div = _div
+    return {
+        "gmacs": div(run.gmacs, original.gmacs),
+        "image_gmacs": div(run.image_gmacs, original.image_gmacs),
+        "text_gmacs": div(run.text_gmacs, original.text_gmacs),
+        "throughput": {
+            name: {b: div(v, original.throughput.get(name, {}).get(b)) for b, v in per_b.items()}
+            for name, per_b in run.throughput.items()
+        },
+        "latency": {name: div(original.latency_ms.get(name), v) for name, v in run.latency_ms.items()},
+    }
+
+
+# --------------------------------------------------------------------------- plot
+
+
+def _accuracy_of(run: RunResult, accuracy: Mapping) -> Any:
+    keys = [run.label]
+    if run.method == "none":
+        keys += ["none", "baseline", None]
+    else:
+        v = run.vision_r if isinstance(run.vision_r, int) else tuple(run.vision_r)
+        t = run.text_r if isinstance(run.text_r, int) else tuple(run.text_r)
+        keys += [(v, t)]
+    for key in keys:
+        if key in accuracy:
+            return accuracy[key]
+    return None
+
+
+def plot_report(report: "ProfileReport | Mapping", path, accuracy: Mapping | None = None) -> None:
+    """Write a PNG: throughput (items/s at the largest batch size) and GMACs of
+    every run, against the setting (r); accuracy as a third panel when
+    ``accuracy`` maps runs to a number or to ``{metric: number}``. A run's key
+    is its label (``"original"``, ``"rv16_rl6"``) or ``(vision_r, text_r)``
+    (``"none"`` also names the original)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not isinstance(report, ProfileReport):
+        report = ProfileReport.from_dict(report)
+    runs = report.runs
+    labels = [run.label for run in runs]
+    xs = list(range(len(runs)))
+    batch = str(max(report.batch_sizes))
+    panels = 3 if accuracy else 2
+    fig = Figure(figsize=(4.2 * panels + 1, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+
+    ax = axes[0]
+    for name in ("image", "text", "pair"):
+        values = [run.throughput.get(name, {}).get(batch) for run in runs]
+        if any(v is not None for v in values):
+            ax.plot(xs, [math.nan if v is None else v for v in values], marker="o", label=name)
+    ax.set_title(f"throughput, batch {batch} ({report.device}, {report.dtype})")
+    ax.set_ylabel("items / s")
+
+    ax = axes[1]
+    for name, attr in (("image", "image_gmacs"), ("text", "text_gmacs"), ("pair", "gmacs")):
+        values = [getattr(run, attr) for run in runs]
+        if name == "pair" and len(report.towers) < 2 and (runs[0].image_gmacs is None or runs[0].text_gmacs is None):
+            continue
+        if any(v is not None for v in values):
+            ax.plot(xs, [math.nan if v is None else v for v in values], marker="s", label=name)
+    ax.set_title("GMACs (1 image + 1 caption)")
+    ax.set_ylabel("GMACs")
+
+    if accuracy:
+        ax = axes[2]
+        values = [_accuracy_of(run, accuracy) for run in runs]
+        metrics = sorted({m for v in values if isinstance(v, Mapping) for m in v}) or [None]
+        for metric in metrics:
+            ys = []
+            for v in values:
+                if isinstance(v, Mapping):
+                    v = v.get(metric)
+                ys.append(math.nan if v is None else float(v))
+            ax.plot(xs, ys, marker="^", label=metric or "accuracy")
+        ax.set_title("accuracy")
+        ax.set_ylabel("accuracy")
+
+    for ax in axes:
+        ax.set_xticks(xs)
+        ax.set_xticklabels(labels, rotation=30, ha="right")
+        ax.set_xlabel("setting (r per layer)")
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    fig.suptitle(report.model)
+    fig.savefig(path, format="png", dpi=110)

@@ -1,1 +1,0 @@
-"""Plain-Python APIs behind the commands: loading, compress/export, profile, reports."""
