@@ -25,7 +25,7 @@ from crossget_cli.core.merge import ensemble_merge
 REDUCE_LABEL = "crossget.reduce"
 
 
-class _Slot:
+class Slot:
     """A module-level value that a context manager sets for the duration of a
     block. Not a ContextVar: torch.compile reads module globals without a graph
     break. Not thread-safe, like any module global."""
@@ -42,9 +42,9 @@ class _Slot:
             self.value = previous
 
 
-_TRACE = _Slot()
-_CROSS = _Slot()
-_TIMING = _Slot()
+_TRACE = Slot()
+_CROSS = Slot()
+_TIMING = Slot()
 
 
 def trace_reduction() -> contextlib.AbstractContextManager[list[dict]]:

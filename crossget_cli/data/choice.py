@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from crossget_cli.errors import CrossGetError
-from crossget_cli.data.formats import ImageDataset, _base, _check_exist, _field, _join, _read_records, _shortens
+from crossget_cli.data.formats import ImageDataset, records_root, check_images_exist, required_field, join_root, read_records, shortens
 
 LETTERS = string.ascii_uppercase
 
@@ -40,7 +40,7 @@ class ChoiceData:
         return ImageDataset(self.image_paths, transform)
 
     def limit(self, n: int | None) -> "ChoiceData":
-        if not _shortens(n, len(self)):
+        if not shortens(n, len(self)):
             return self
         return ChoiceData(self.question_ids[:n], self.image_paths[:n], self.questions[:n], self.options[:n], self.answers[:n])
 
@@ -49,21 +49,21 @@ def load_multiple_choice(path: str | os.PathLike, *, image_root: str | None = No
     file = Path(path)
     if not file.is_file():
         raise CrossGetError(f"multiple-choice data not found: {path}", "pass a JSONL/JSON/CSV file of questions with options")
-    rows = _read_records(file)
+    rows = read_records(file)
     if not rows:
         raise CrossGetError(f"{file} holds no questions", "pass a file with at least one record")
-    root = _base(image_root, file)
+    root = records_root(image_root, file)
     data = ChoiceData([], [], [], [], [])
     for n, row in enumerate(rows, 1):
         where = f"{file} record {n}"
         options = _options(row, where)
         data.question_ids.append(row.get("question_id", row.get("index", n - 1)))
-        data.image_paths.append(_join(root, str(_field(row, "image", file, n, "an 'image' field"))))
-        data.questions.append(str(_field(row, "question", file, n, "a 'question' field")))
+        data.image_paths.append(join_root(root, str(required_field(row, "image", file, n, "an 'image' field"))))
+        data.questions.append(str(required_field(row, "question", file, n, "a 'question' field")))
         data.options.append(options)
-        data.answers.append(_answer_index(_field(row, "answer", file, n, "an 'answer' field"), options, where))
+        data.answers.append(_answer_index(required_field(row, "answer", file, n, "an 'answer' field"), options, where))
     data = data.limit(limit)
-    _check_exist(data.image_paths, os.fspath(file), image_root)
+    check_images_exist(data.image_paths, os.fspath(file), image_root)
     return data
 
 

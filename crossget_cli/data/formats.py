@@ -162,21 +162,21 @@ class HFImages(Sequence):
             return HFImages._view(self, self.rows[index])
         value = self.dataset[int(self.rows[index])][self.column]
         if isinstance(value, str):
-            return _join(self.image_root, value)
+            return join_root(self.image_root, value)
         if isinstance(value, dict) and value.get("bytes") is None and value.get("path"):
-            return {"bytes": None, "path": _join(self.image_root, value["path"])}
+            return {"bytes": None, "path": join_root(self.image_root, value["path"])}
         return value
 
     def __repr__(self) -> str:
         return f"HFImages(column={self.column!r}, n={len(self)})"
 
 
-def _join(root: str | os.PathLike | None, path: str) -> str:
+def join_root(root: str | os.PathLike | None, path: str) -> str:
     path = os.path.expanduser(path)
     return os.path.normpath(os.path.join(root, path)) if root is not None and not os.path.isabs(path) else path
 
 
-def _check_exist(paths: Iterable[str], source: str, image_root: Any) -> None:
+def check_images_exist(paths: Iterable[str], source: str, image_root: Any) -> None:
     """One error for all missing image files (checked once per distinct path)."""
     unique = list(dict.fromkeys(p for p in paths if isinstance(p, str)))
     missing = [p for p in unique if not os.path.isfile(p)]
@@ -192,7 +192,7 @@ def _check_exist(paths: Iterable[str], source: str, image_root: Any) -> None:
 # --------------------------------------------------------------------------- records
 
 
-def _shortens(n: int | None, size: int) -> bool:
+def shortens(n: int | None, size: int) -> bool:
     """Whether ``limit(n)`` keeps fewer than ``size`` records (and ``n`` is valid)."""
     if n is not None and n < 1:
         raise CrossGetError(f"limit must be at least 1, got {n}", "pass a positive --limit")
@@ -232,7 +232,7 @@ class RetrievalData:
 
     def limit(self, n: int | None) -> RetrievalData:
         """The first ``n`` images and their captions (caption order kept, indices renumbered)."""
-        if not _shortens(n, len(self)):
+        if not shortens(n, len(self)):
             return self
         keep = [c for c, i in enumerate(self.caption_to_image) if i < n]
         renumber = {old: new for new, old in enumerate(keep)}
@@ -268,7 +268,7 @@ class CaptionData:
 
     def limit(self, n: int | None) -> CaptionData:
         """The first ``n`` images."""
-        if not _shortens(n, len(self)):
+        if not shortens(n, len(self)):
             return self
         return CaptionData(self.image_paths[:n], self.references[:n], None if self.image_ids is None else self.image_ids[:n])
 
@@ -290,7 +290,7 @@ class ClassificationData:
 
     def limit(self, n: int | None) -> ClassificationData:
         """The first ``n`` samples (an ImageFolder is ordered by class: shuffle before limiting)."""
-        if not _shortens(n, len(self)):
+        if not shortens(n, len(self)):
             return self
         return ClassificationData(self.images[:n], self.labels[:n], self.classnames)
 
@@ -325,7 +325,7 @@ class VQAData:
 
     def limit(self, n: int | None) -> VQAData:
         """The first ``n`` questions."""
-        if not _shortens(n, len(self)):
+        if not shortens(n, len(self)):
             return self
 
         def cut(xs):
@@ -386,7 +386,7 @@ def _read_csv(path: Path) -> list[dict]:
             raise CrossGetError(f"{path} is not valid CSV: {err}", "fix the file") from None
 
 
-def _read_records(path: Path) -> list[dict]:
+def read_records(path: Path) -> list[dict]:
     """Rows of a CSV/TSV, JSONL, or list-of-objects JSON file."""
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
@@ -399,7 +399,7 @@ def _read_records(path: Path) -> list[dict]:
     return data
 
 
-def _field(row: dict, key: str, path: Path, n: int, flag: str) -> Any:
+def required_field(row: dict, key: str, path: Path, n: int, flag: str) -> Any:
     if key not in row:
         columns = ", ".join(map(str, row)) or "none"
         raise CrossGetError(
@@ -419,7 +419,7 @@ def _captions(value: Any, where: str) -> list[str]:
     return [v.strip() for v in values if v.strip()]
 
 
-def _base(image_root: Any, path: Path | None) -> str | None:
+def records_root(image_root: Any, path: Path | None) -> str | None:
     if image_root is not None:
         return os.fspath(Path(image_root).expanduser())
     return os.fspath(path.parent) if path is not None else None
@@ -547,7 +547,7 @@ def _hf_image_keys(ds: Any, column: str, image_root: str | None, name: str) -> t
 
     feature = ds.features[column]
     if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
-        paths = [_join(image_root, p) if p else None for p in _column(ds, column)]
+        paths = [join_root(image_root, p) if p else None for p in _column(ds, column)]
         for n, p in enumerate(paths):
             if p is None:
                 raise CrossGetError(f"{name} row {n} has an empty {column!r}", "every row needs an image path")
@@ -557,7 +557,7 @@ def _hf_image_keys(ds: Any, column: str, image_root: str | None, name: str) -> t
         raw_paths = pc.struct_field(arr, "path").to_pylist()
         sizes = pc.binary_length(pc.struct_field(arr, "bytes")).to_pylist()
         keys = [(p, s) if p else None for p, s in zip(raw_paths, sizes)]
-        need = [_join(image_root, p) if s is None and p else None for p, s in zip(raw_paths, sizes)]
+        need = [join_root(image_root, p) if s is None and p else None for p, s in zip(raw_paths, sizes)]
         return keys, need
     raise CrossGetError(
         f"column {column!r} of {name} holds {feature}, not images or image paths", "pass --image-column with the image column"
@@ -565,7 +565,7 @@ def _hf_image_keys(ds: Any, column: str, image_root: str | None, name: str) -> t
 
 
 def _check_hf_exist(images: HFImages, need: list[str | None], name: str, image_root: Any) -> None:
-    _check_exist([need[r] for r in images.rows if need[r] is not None], name, image_root)
+    check_images_exist([need[r] for r in images.rows if need[r] is not None], name, image_root)
 
 
 # --------------------------------------------------------------------------- retrieval
@@ -652,12 +652,12 @@ def load_retrieval(
                     "pass dataset_flickr30k.json / dataset_coco.json, a BLIP-style list JSON, CSV or JSONL",
                 )
         elif suffix in (".csv", ".tsv", ".jsonl", ".ndjson"):
-            result = _records_retrieval(path, _read_records(path), image_root, image_column, caption_column)
+            result = _records_retrieval(path, read_records(path), image_root, image_column, caption_column)
         else:
             raise CrossGetError(f"unsupported data file {path}", "pass a .json, .jsonl, .csv or .tsv file, or a dataset folder")
         result = result.limit(limit)
         if check_images:
-            _check_exist(result.image_paths, os.fspath(path), image_root)
+            check_images_exist(result.image_paths, os.fspath(path), image_root)
         return result
     obj, name = _hf_load(kind, value, split)
     result, need = _hf_retrieval(obj, name, split, image_root, image_column, caption_column)
@@ -678,7 +678,7 @@ def _karpathy(path: Path, data: dict, image_root: Any, split: str | None) -> Ret
         if not entries:
             raise CrossGetError(f"{path} holds no images", "pass a Karpathy split JSON with images")
         raise CrossGetError(f"{path} has no images with split {split!r}", f"choose --split from: {', '.join(splits)}")
-    root = _base(image_root, path)
+    root = records_root(image_root, path)
     builder = _Builder()
     for n, e in enumerate(selected):
         filename = e.get("filename")
@@ -695,7 +695,7 @@ def _karpathy(path: Path, data: dict, image_root: Any, split: str | None) -> Ret
                 raw = " ".join(map(str, s["tokens"]))
             captions += _captions(raw, f"{path}: image {filename}")
         image_id = e.get("cocoid", e.get("imgid", filename))
-        full = _join(root, rel)
+        full = join_root(root, rel)
         builder.add(full, full, image_id, captions)
     result = builder.build(os.fspath(path))
     if any("hard_negatives" in e for e in selected):
@@ -709,18 +709,18 @@ def _karpathy(path: Path, data: dict, image_root: Any, split: str | None) -> Ret
 
 
 def _records_retrieval(path: Path, rows: list, image_root: Any, image_column: str, caption_column: str) -> RetrievalData:
-    root = _base(image_root, path)
+    root = records_root(image_root, path)
     builder = _Builder()
     for n, row in enumerate(rows, 1):
         if not isinstance(row, dict):
             raise CrossGetError(f"{path} record {n} is not an object", "pass a list of image/caption records")
-        image = _field(row, image_column, path, n, "--image-column")
+        image = required_field(row, image_column, path, n, "--image-column")
         if not isinstance(image, str):
             raise CrossGetError(
                 f"{path} record {n}: {image_column!r} must be an image path", "pass --image-column with the path column"
             )
-        caption = _field(row, caption_column, path, n, "--caption-column")
-        full = _join(root, image)
+        caption = required_field(row, caption_column, path, n, "--caption-column")
+        full = join_root(root, image)
         builder.add(full, full, row.get("image_id", image), _captions(caption, f"{path} record {n}"))
     return builder.build(os.fspath(path))
 
@@ -819,18 +819,18 @@ def load_classification(
             raise CrossGetError(
                 f"unsupported data file {path}", "pass an ImageFolder, a .csv/.tsv/.jsonl/.json file or a dataset folder"
             )
-        rows = _read_records(path)
-        root = _base(image_root, path)
+        rows = read_records(path)
+        root = records_root(image_root, path)
         images, labels = [], []
         for n, row in enumerate(rows, 1):
-            image = _field(row, image_column, path, n, "--image-column")
-            images.append(_join(root, str(image)))
-            labels.append(_field(row, label_column, path, n, "--label-column"))
+            image = required_field(row, image_column, path, n, "--image-column")
+            images.append(join_root(root, str(image)))
+            labels.append(required_field(row, label_column, path, n, "--label-column"))
         if not images:
             raise CrossGetError(f"{path} holds no records", "pass a file with at least one image and label")
         label_ids, names = _encode_labels(labels, names, os.fspath(path))
         result = ClassificationData(images, label_ids, names).limit(limit)
-        _check_exist(result.images, os.fspath(path), image_root)
+        check_images_exist(result.images, os.fspath(path), image_root)
         return result
     obj, name = _hf_load(kind, value, split)
     result, need = _hf_classification(obj, name, split, image_root, image_column, label_column, names)
@@ -1137,7 +1137,7 @@ def load_vqa(
             raise CrossGetError(
                 "annotations go with a VQAv2 question JSON only", f"put the answers in {path} ({answers_column!r} column)"
             )
-        rows = data if data is not None else _read_records(path)
+        rows = data if data is not None else read_records(path)
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise CrossGetError(
                 f"{path} is neither a VQAv2 question file nor a list of records", "pass a VQAv2 question JSON or JSONL"
@@ -1147,7 +1147,7 @@ def load_vqa(
         raise CrossGetError(f"unsupported VQA file {path}", "pass a VQAv2 question .json or a .jsonl file")
     result = result.limit(limit)
     if check_images:  # not when only the answers are scored
-        _check_exist(result.image_paths, os.fspath(path), image_root)
+        check_images_exist(result.image_paths, os.fspath(path), image_root)
     return result
 
 
@@ -1161,7 +1161,7 @@ def _vqav2(path: Path, data: dict, annotations: Any, image_root: Any, split: str
     if not subtype:
         raise CrossGetError(f"cannot tell the image split of {path} (no data_subtype)", "pass --split, e.g. val2014")
     subtype = VQA_SUBTYPES.get(subtype, subtype)
-    root = _base(image_root, path)
+    root = records_root(image_root, path)
     qids, images, texts, image_ids = [], [], [], []
     located: dict[Any, str] = {}
     for n, q in enumerate(qs):
@@ -1205,8 +1205,8 @@ def _coco_image(root: str | None, subtype: str, image_id: Any, path: Path) -> st
         name = f"COCO_{subtype}_{int(image_id):012d}.jpg"
     except (TypeError, ValueError):
         raise CrossGetError(f"{path}: image_id {image_id!r} is not an integer", "pass a VQAv2 question JSON") from None
-    flat = _join(root, name)
-    nested = _join(root, os.path.join(subtype, name))
+    flat = join_root(root, name)
+    nested = join_root(root, os.path.join(subtype, name))
     return nested if not os.path.isfile(flat) and os.path.isfile(nested) else flat
 
 
@@ -1229,19 +1229,19 @@ def _vqa_records(
 ) -> VQAData:
     if not rows:
         raise CrossGetError(f"{path} holds no questions", "pass a file with at least one record")
-    root = _base(image_root, path)
+    root = records_root(image_root, path)
     annotated = answers_column in rows[0]
     out = VQAData([], [], [], [], *([[] for _ in range(4)] if annotated else [None] * 4))
     for n, row in enumerate(rows, 1):
         out.question_ids.append(row.get("question_id", n - 1))
-        out.image_paths.append(_join(root, str(_field(row, image_column, path, n, "--image-column"))))
-        question = _field(row, question_column, path, n, "--question-column")
+        out.image_paths.append(join_root(root, str(required_field(row, image_column, path, n, "--image-column"))))
+        question = required_field(row, question_column, path, n, "--question-column")
         if not isinstance(question, str):
             raise CrossGetError(f"{path} record {n}: {question_column!r} must be a string", "fix the question column")
         out.questions.append(question)
         out.image_ids.append(row.get("image_id"))
         if annotated:
-            out.answers.append(_answers(_field(row, answers_column, path, n, "--answers-column"), f"{path} record {n}"))
+            out.answers.append(_answers(required_field(row, answers_column, path, n, "--answers-column"), f"{path} record {n}"))
             out.multiple_choice_answers.append(row.get("multiple_choice_answer"))
             out.answer_types.append(row.get("answer_type"))
             out.question_types.append(row.get("question_type"))

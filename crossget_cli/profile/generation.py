@@ -158,7 +158,7 @@ def profile_generation(
 
     from crossget_cli.adapters.registry import find_adapter
     from crossget_cli.adapters.patching import patch, unpatch
-    from crossget_cli.profile.speed import _share_weights_copy, run_label
+    from crossget_cli.profile.speed import share_weights_copy, run_label
 
     adapter = find_adapter(model)
     if not hasattr(adapter, "generation_calls"):
@@ -167,7 +167,7 @@ def profile_generation(
     images = adapter.inputs(model).example_images(batch).to(device=device, dtype=dtype)
     calls = {}
     for vision_r, text_r in settings:
-        patched = patch(_share_weights_copy(base), vision_r=vision_r, text_r=text_r, method=method).eval()
+        patched = patch(share_weights_copy(base), vision_r=vision_r, text_r=text_r, method=method).eval()
         calls[run_label(vision_r, text_r, method)] = adapter.generation_calls(patched, images)
     original = {"original": adapter.generation_calls(unpatch(base).eval(), images)}
     return time_generation({**original, **calls}, batch, new_tokens, warmup, repeats, device)

@@ -446,7 +446,7 @@ def _model_name(model: nn.Module) -> str:
     return name or type(model).__name__
 
 
-def _share_weights_copy(model: nn.Module) -> nn.Module:
+def share_weights_copy(model: nn.Module) -> nn.Module:
     """A deep copy whose parameters and buffers are the originals' (no extra
     weight memory): patching swaps classes and registers cross tokens on the
     copy's own modules only."""
@@ -493,7 +493,7 @@ def profile_model(
     base = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
     variants = []
     for vision_r, text_r in config.settings():
-        copy_ = _share_weights_copy(base)
+        copy_ = share_weights_copy(base)
         patched = patch(copy_, vision_r=vision_r, text_r=text_r, method=config.method).eval()
         variants.append(_Variant(vision_r, text_r, config.method, patched))
     variants.insert(0, _Variant(0, 0, "none", unpatch(base).eval()))

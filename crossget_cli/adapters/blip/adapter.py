@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crossget_cli.core import TokenState
-from crossget_cli.core.state import _Slot
+from crossget_cli.core.state import Slot
 from crossget_cli.errors import CrossGetError
 from crossget_cli.adapters.base import Adapter, ModelInputs, Tower
 from crossget_cli.adapters.generation import decode, generation_kwargs
@@ -42,7 +42,7 @@ from crossget_cli.adapters.registry import register_adapter
 
 #: Holds ``{"sizes": [N, T] float32}`` of the last reduced image forward while a
 #: patched top-level ``forward``/``generate``/``get_image_features`` runs.
-_IMAGE_SIZES = _Slot()
+_IMAGE_SIZES = Slot()
 
 
 def _dropout(attn: nn.Module) -> float:
@@ -107,7 +107,7 @@ def _vision_output_class():
     return ReducedVisionOutput
 
 
-class _ReducingVisionTower:
+class ReducingVisionTower:
     """``BlipVisionModel.forward``/``Blip2VisionModel.forward`` of transformers
     (with modifications: the cross slot, the CrossGET blocks, the sizes)."""
 
@@ -158,7 +158,7 @@ def _consumer_bias(module: nn.Module, encoder_hidden_states, encoder_attention_m
     return image_attention_bias(sizes, encoder_hidden_states.shape[0], dtype, encoder_attention_mask)
 
 
-class _ImageConsumer:
+class ImageConsumer:
     """A module that cross-attends to the reduced image tokens."""
 
     def forward(self, *args, encoder_hidden_states=None, encoder_attention_mask=None, **kwargs):
@@ -195,7 +195,7 @@ def _consumer_swaps(consumer: nn.Module, mixin: type) -> list[tuple[nn.Module, t
     return swaps
 
 
-class _ReducingTextEncoder(_ImageConsumer):
+class _ReducingTextEncoder(ImageConsumer):
     """``BlipTextModel`` of the retrieval class: the unimodal (ITC) pass runs the
     CrossGET blocks; the multimodal (ITM) pass cross-attends to the reduced
     image tokens with the size bias."""
@@ -246,7 +246,7 @@ class _ReducingTextEncoder(_ImageConsumer):
         return BaseModelOutputWithPoolingAndCrossAttentions(last_hidden_state=x, pooler_output=pooled_output)
 
 
-class _ImageSizesScope:
+class ImageSizesScope:
     """Top-level class: open a scope in which the vision tower hands its token
     sizes to the image consumer."""
 
@@ -377,12 +377,12 @@ class BlipAdapter(Adapter):
 
     def class_swaps(self, model: nn.Module) -> list[tuple[nn.Module, type]]:
         kind = _kind(model)
-        swaps = [(model, _ImageSizesScope), (model.vision_model, _ReducingVisionTower)]
+        swaps = [(model, ImageSizesScope), (model.vision_model, ReducingVisionTower)]
         if kind == "retrieval":
             return swaps + _consumer_swaps(model.text_encoder, _ReducingTextEncoder)
         if kind == "vqa":
-            return swaps + _consumer_swaps(model.text_encoder, _ImageConsumer)
-        return swaps + _consumer_swaps(model.text_decoder.bert, _ImageConsumer)
+            return swaps + _consumer_swaps(model.text_encoder, ImageConsumer)
+        return swaps + _consumer_swaps(model.text_decoder.bert, ImageConsumer)
 
     def inputs(self, model: nn.Module) -> ModelInputs:
         """The image size; the text side only for retrieval (the text encoder

@@ -18,9 +18,9 @@ from crossget_cli.adapters.base import Adapter, ModelInputs, Tower
 from crossget_cli.adapters.generation import decode, generation_kwargs
 from crossget_cli.adapters.registry import register_adapter
 from crossget_cli.adapters.blip.adapter import (
-    _ImageConsumer,
-    _ImageSizesScope,
-    _ReducingVisionTower,
+    ImageConsumer,
+    ImageSizesScope,
+    ReducingVisionTower,
     image_attention_bias,
     is_blip_vision_tower,
     special_id,
@@ -65,7 +65,7 @@ class Blip2Adapter(Adapter):
         return [vision_tower_spec(vision_tower(model))]
 
     def class_swaps(self, model: nn.Module) -> list[tuple[nn.Module, type]]:
-        return [(model, _ImageSizesScope), (model.vision_model, _ReducingVisionTower), (model.qformer, _ImageConsumer)]
+        return [(model, ImageSizesScope), (model.vision_model, ReducingVisionTower), (model.qformer, ImageConsumer)]
 
     def inputs(self, model: nn.Module) -> ModelInputs:
         """The image size; the Q-Former's text side only for retrieval (ITC)."""

@@ -26,7 +26,7 @@ from crossget_cli.adapters.tower import run_tower, split_heads, tower_state, use
 _MASKABLE_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention")
 
 
-def _attention_function(attn: nn.Module):
+def attention_function(attn: nn.Module):
     impl = getattr(attn.config, "_attn_implementation", None) or "eager"
     if impl == "eager":
         return sys.modules[type(attn).__module__].eager_attention_forward
@@ -50,7 +50,7 @@ def attention_residual(layer: nn.Module, x: torch.Tensor, state: TokenState, nee
     q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
     heads = attn.num_heads
     mask = state.attention_mask(x, explicit_causal=True)
-    function = sys.modules[type(attn).__module__].eager_attention_forward if need_weights else _attention_function(attn)
+    function = sys.modules[type(attn).__module__].eager_attention_forward if need_weights else attention_function(attn)
     out, weights = function(
         attn,
         split_heads(q, heads),
@@ -89,7 +89,7 @@ def _wanted_hidden(output_hidden_states, depth: int) -> set[int]:
     return {i if i >= 0 else depth + 1 + i for i in layers}
 
 
-class _ReducingVisionTower:
+class ReducingVisionTower:
     #: the encoder-layer forward with reduction (LLaVA swaps in its reducer)
     crossget_block = staticmethod(_block_forward)
 
@@ -152,7 +152,7 @@ def _is_clip_layer(layer: nn.Module) -> bool:
     )
 
 
-def _tower_modality(module: nn.Module) -> str | None:
+def tower_modality(module: nn.Module) -> str | None:
     layers = getattr(getattr(module, "encoder", None), "layers", None)
     if not hasattr(module, "embeddings") or not isinstance(layers, nn.ModuleList) or len(layers) == 0:
         return None
@@ -170,8 +170,8 @@ def _find_towers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     ``*Transformer`` inside ``*Model``; 5 does not)."""
     found = []
     for module in model.modules():
-        modality = _tower_modality(module)
-        if modality is not None and not any(m is not module and _tower_modality(m) for m in module.modules()):
+        modality = tower_modality(module)
+        if modality is not None and not any(m is not module and tower_modality(m) for m in module.modules()):
             found.append((modality, module))
     return found
 
@@ -199,7 +199,7 @@ class HFClipAdapter(Adapter):
         for modality, module in _find_towers(model):
             layer = module.encoder.layers[0]
             attn = layer.self_attn
-            _attention_function(attn)
+            attention_function(attn)
             if modality == "vision":
                 name, tokens = "cross_image", module.embeddings.num_positions + 1
             else:
@@ -253,5 +253,5 @@ class HFClipAdapter(Adapter):
         return model.logit_scale
 
     def class_swaps(self, model: nn.Module) -> list[tuple[nn.Module, type]]:
-        mixins = {"vision": _ReducingVisionTower, "text": _ReducingTextTower}
+        mixins = {"vision": ReducingVisionTower, "text": _ReducingTextTower}
         return [(module, mixins[modality]) for modality, module in _find_towers(model)]

@@ -29,13 +29,13 @@ import torch
 from torch import nn
 
 from crossget_cli.core import TokenState, attention_importance, publish_cross_tokens, token_schedule
-from crossget_cli.core.state import _Slot
+from crossget_cli.core.state import Slot
 from crossget_cli.errors import CrossGetError
 from crossget_cli.adapters.base import SCHEDULE_ATTR, Adapter, ModelInputs, Tower
 from crossget_cli.adapters.generation import decode, generation_kwargs
 from crossget_cli.adapters.registry import register_adapter
 from crossget_cli.adapters.tower import split_heads
-from crossget_cli.adapters.hf_clip.adapter import _attention_function, _ReducingVisionTower, _tower_modality, attention_residual
+from crossget_cli.adapters.hf_clip.adapter import attention_function, ReducingVisionTower, tower_modality, attention_residual
 
 #: LLaVA-1.5's short-answer VQA prompt (its VQAv2/GQA evaluation template).
 VQA_TEMPLATE = "USER: <image>\n{question}\nAnswer the question using a single word or phrase. ASSISTANT:"
@@ -47,7 +47,7 @@ CHOICE_TEMPLATE = "USER: <image>\n{question}\nAnswer with the option's letter fr
 # --------------------------------------------------------------------------- structure
 
 
-def _llava_core(model: nn.Module) -> nn.Module | None:
+def llava_core(model: nn.Module) -> nn.Module | None:
     """The module holding ``vision_tower``, ``multi_modal_projector`` and
     ``language_model`` (``LlavaModel``), or ``None``."""
     for module in (getattr(model, "model", None), model):
@@ -68,13 +68,13 @@ def _decoder_layers(language_model: nn.Module) -> nn.ModuleList | None:
 
 
 def _config(model: nn.Module):
-    return _llava_core(model).config
+    return llava_core(model).config
 
 
 def feature_layer(model: nn.Module) -> int:
     """Index into the vision tower's hidden states (0 = the first block's input)
     of the features the LLM receives."""
-    core = _llava_core(model)
+    core = llava_core(model)
     layer = core.config.vision_feature_layer
     if not isinstance(layer, int):
         raise CrossGetError(
@@ -92,7 +92,7 @@ def num_image_tokens(model: nn.Module) -> int:
     """Visual tokens the LLM receives per image, as the model is now (patched or
     not): the tokens of the selected hidden state (cross slot included when
     CrossGET is on), less CLS with the ``default`` selection strategy."""
-    core = _llava_core(model)
+    core = llava_core(model)
     vision = core.vision_tower
     encoder = vision.encoder
     tokens = vision.embeddings.num_positions  # CLS + patches
@@ -124,7 +124,7 @@ def _block_forward(layer: nn.Module, x: torch.Tensor, state: TokenState, r: int)
     return x + layer.mlp(layer.layer_norm2(x))
 
 
-class _LlavaVisionTower(_ReducingVisionTower):
+class _LlavaVisionTower(ReducingVisionTower):
     crossget_block = staticmethod(_block_forward)
 
 
@@ -147,7 +147,7 @@ class _PrefillCross:
         return h.scatter(1, index, token[:, None])
 
 
-_PREFILL = _Slot()
+_PREFILL = Slot()
 
 
 def _is_prefill(kwargs: dict) -> bool:
@@ -234,19 +234,19 @@ class LlavaAdapter(Adapter):
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
-        core = _llava_core(model)
+        core = llava_core(model)
         return (
             core is not None
-            and _tower_modality(core.vision_tower) == "vision"
+            and tower_modality(core.vision_tower) == "vision"
             and _decoder_layers(core.language_model) is not None
             and hasattr(core.config, "image_token_id")
         )
 
     def towers(self, model: nn.Module) -> list[Tower]:
-        core = _llava_core(model)
+        core = llava_core(model)
         vision = core.vision_tower
         attn = vision.encoder.layers[0].self_attn
-        _attention_function(attn)
+        attention_function(attn)
         feature_layer(model)
         llm = core.language_model
         llm_config = llm.config
@@ -273,7 +273,7 @@ class LlavaAdapter(Adapter):
         ]
 
     def class_swaps(self, model: nn.Module) -> list[tuple[nn.Module, type]]:
-        core = _llava_core(model)
+        core = llava_core(model)
         swaps = [(core.vision_tower, _LlavaVisionTower), (core.language_model, _CrossTokenLLM)]
         return swaps + [(layer, _CrossTokenLayer) for layer in core.language_model.layers]
 
@@ -287,7 +287,7 @@ class LlavaAdapter(Adapter):
 
     def image_features(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """``[N, num_image_tokens, H]``: the projected visual tokens."""
-        out = _llava_core(model).get_image_features(pixel_values=images, return_dict=True)
+        out = llava_core(model).get_image_features(pixel_values=images, return_dict=True)
         return torch.stack(list(out.pooler_output))
 
     def encode_text(self, model: nn.Module, token_ids: torch.Tensor, token_embeddings: torch.Tensor | None = None):

@@ -40,22 +40,22 @@ class Conversations(Dataset):
     """``(pixel_values [3, H, W], [(human, gpt), ...])`` per record."""
 
     def __init__(self, path: str, image_root: str | None, transform, limit: int | None = None):
-        from crossget_cli.data.formats import ImageDataset, _base, _check_exist, _join, _read_records
+        from crossget_cli.data.formats import ImageDataset, records_root, check_images_exist, join_root, read_records
 
         file = Path(path)
         if not file.is_file():
             raise CrossGetError(f"training data not found: {path}", "pass a LLaVA-format JSON/JSONL file of conversations")
-        rows = _read_records(file)[:limit]
+        rows = read_records(file)[:limit]
         if not rows:
             raise CrossGetError(f"{file} holds no conversations", "pass a file with at least one record")
-        root = _base(image_root, file)
+        root = records_root(image_root, file)
         self.turns = [_turns(row, f"{file} record {n}") for n, row in enumerate(rows, 1)]
         paths = []
         for n, row in enumerate(rows, 1):
             if not row.get("image"):
                 raise CrossGetError(f"{file} record {n} has no image", "text-only records are not supported; drop them")
-            paths.append(_join(root, str(row["image"])))
-        _check_exist(paths, os.fspath(file), image_root)
+            paths.append(join_root(root, str(row["image"])))
+        check_images_exist(paths, os.fspath(file), image_root)
         self.images = ImageDataset(paths, transform)
 
     def __len__(self) -> int:
@@ -118,10 +118,10 @@ def llm_depth_rows(vision_layers: int, llm_layers: int) -> torch.Tensor:
 def llava_js(model: nn.Module, vision_cross: torch.Tensor, text_cross: torch.Tensor) -> torch.Tensor:
     """L_JS of one forward: ``vision_cross`` ``[L_v*N, D_v]`` and ``text_cross``
     ``[L_t*N, H]``, layer-major."""
-    from crossget_cli.adapters.llava.adapter import _llava_core
+    from crossget_cli.adapters.llava.adapter import llava_core
     from crossget_cli.core import js_loss
 
-    core = _llava_core(model)
+    core = llava_core(model)
     projector = core.multi_modal_projector
     frozen = {name: p.detach() for name, p in projector.named_parameters()}
     projected = torch.func.functional_call(projector, frozen, (vision_cross,))
