@@ -1,1 +1,2 @@
-"""PLACEHOLDER"""
+"""``crossget eval`` as a library: retrieval, zero-shot, captioning, VQA and
+multiple choice on a loaded model (:mod:`.runner`)."""

@@ -1,1 +1,1 @@
-"""PLACEHOLDER"""
+"""``crossget compress`` as a library: load, patch, optionally fine-tune, export."""

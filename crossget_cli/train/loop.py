@@ -1,9 +1,10 @@
 """Fine-tuning a patched model with a task loss + L_JS (SPEC §4): the library side
 of ``crossget compress --finetune``.
 
-What is optimised is an :class:`Objective` (its training items and its losses),
-registered by name: ``clip`` (ITC + L_JS on image-caption pairs) lives here; model
-families add theirs with :func:`register_objective`. The loop is shared.
+What is optimised is an :class:`~crossget_cli.adapters.training.Objective` (its
+training items and its losses), registered by name: ``clip`` (ITC + L_JS on
+image-caption pairs) is in :mod:`crossget_cli.adapters.contrastive`; model families
+register theirs in their own folders. The loop is shared.
 
 One process or several (``torchrun``: distributed data parallel, gloo on CPU,
 NCCL on CUDA) run the same loop. Every rank sees the same seeded global batch
