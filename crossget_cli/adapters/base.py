@@ -37,6 +37,9 @@ class Tower:
         width: hidden size ``D``; the cross tokens are ``[1, num_layers, D]``.
         num_heads: attention heads of each block.
         num_tokens: tokens entering the first block, the cross slot included.
+        blocks: the blocks :func:`~crossget_cli.adapters.tower.run_tower` runs;
+            patching gives each the :class:`ReducingBlock` mixin. Empty for a
+            tower whose blocks the model itself runs (LLaVA's LLM).
     """
 
     modality: str
@@ -46,6 +49,7 @@ class Tower:
     width: int
     num_heads: int
     num_tokens: int
+    blocks: tuple[nn.Module, ...] = ()
 
     @property
     def num_protected(self) -> int:
@@ -103,6 +107,20 @@ class ModelInputs:
 
 
 _PATCHED_CLASSES: dict[tuple[type, type], type] = {}
+
+
+class ReducingBlock:
+    """Mixin for every block of a patched tower. The block stays a module that
+    is called through ``nn.Module.__call__``, so forward hooks see the reduced
+    token counts, and activation checkpointing (transformers wraps ``forward``),
+    FSDP wrapping and feature-extraction hooks keep working. ``crossget`` is the
+    step :func:`~crossget_cli.adapters.tower.run_tower` hands each block;
+    without it the block runs as the original."""
+
+    def forward(self, *args, crossget=None, **kwargs):
+        if crossget is None:
+            return super().forward(*args, **kwargs)
+        return crossget(self, args[0] if args else kwargs["hidden_states"])
 
 
 def swap_class(module: nn.Module, mixin: type) -> None:
@@ -209,6 +227,9 @@ class Adapter:
             tower.holder.register_parameter(tower.cross_name, param)
         for module, mixin in self.class_swaps(model):
             swap_class(module, mixin)
+        for tower in towers:
+            for block in tower.blocks:
+                swap_class(block, ReducingBlock)
         setattr(model, CONFIG_ATTR, config)
         for tower, schedule in zip(towers, schedules):
             counts = tower.token_counts()

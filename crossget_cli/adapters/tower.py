@@ -4,13 +4,52 @@ family's block shares."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from crossget_cli.adapters.base import METHOD_ATTR, SCHEDULE_ATTR
 from crossget_cli.core import TokenState
+
+BlockForward = Callable[[nn.Module, torch.Tensor, TokenState, int], torch.Tensor]
+
+
+@dataclass
+class BlockStep:
+    """One block's step of a tower forward: what a :class:`ReducingBlock` runs
+    when ``run_tower`` calls it as ``block(x, crossget=step)``.
+
+    Activation checkpointing runs a block's forward again in the backward pass,
+    after the state has moved past it. The step keeps the state's bookkeeping
+    as it was when the block was entered, and a re-run starts from that and
+    leaves the state as it found it, so a recompute is the same computation."""
+
+    forward: BlockForward
+    state: TokenState
+    r: int
+    entry: tuple = field(init=False)
+    ran: bool = field(default=False, init=False)
+
+    def __post_init__(self):
+        self.entry = self.state.bookkeeping()
+
+    def __call__(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if not self.ran:
+            self.ran = True
+            return self.forward(block, x, self.state, self.r)
+        now = self.state.bookkeeping()
+        self.state.restore_bookkeeping(self.entry)
+        try:
+            return self.forward(block, x, self.state, self.r)
+        finally:
+            self.state.restore_bookkeeping(now)
+
+
+def _checkpointed(block: nn.Module, x: torch.Tensor, step: BlockStep) -> torch.Tensor:
+    return torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False, crossget=step)
 
 
 def run_tower(
@@ -18,9 +57,10 @@ def run_tower(
     holder: nn.Module,
     cross_name: str,
     blocks: Sequence[nn.Module],
-    block_forward: Callable[[nn.Module, torch.Tensor, TokenState, int], torch.Tensor],
+    block_forward: BlockForward,
     state: TokenState,
     on_hidden: Callable[[int, torch.Tensor], None] | None = None,
+    checkpoint_blocks: bool = False,
 ) -> torch.Tensor:
     """Run a patched tower's blocks on ``x`` (``[N, T, D]``, after the
     embeddings). With CrossGET a cross slot is appended (a copy of CLS, or of EOT
@@ -29,7 +69,12 @@ def run_tower(
 
     ``on_hidden(i, h)`` receives the hidden states as transformers numbers them:
     ``i = 0`` the input of the first block, ``i = l + 1`` the output of block
-    ``l``, cross slot included (recorded before the next injection)."""
+    ``l``, cross slot included (recorded before the next injection).
+
+    Each block is called as a module, ``block(x, crossget=step)`` (see
+    :class:`BlockStep`). ``checkpoint_blocks`` recomputes each block's
+    activations in the backward pass (open_clip's ``grad_checkpointing``;
+    transformers' layers checkpoint inside their own ``forward``)."""
     cross = getattr(holder, cross_name, None) if state.method == "crossget" else None
     if cross is not None:
         x = append_cross_slot(x, state.pooled_idx)
@@ -42,7 +87,11 @@ def run_tower(
     for layer, (block, r) in enumerate(zip(blocks, getattr(holder, SCHEDULE_ATTR))):
         if cross is not None:
             x = state.inject_cross(x, cross[0, layer], in_place=in_place)
-        x = block_forward(block, x, state, r)
+        step = BlockStep(block_forward, state, r)
+        if checkpoint_blocks and torch.is_grad_enabled():
+            x = _checkpointed(block, x, step)
+        else:
+            x = block(x, crossget=step)
         state.record(layer, x)
         if on_hidden is not None:
             on_hidden(layer + 1, x)

@@ -264,6 +264,15 @@ class TokenState:
             self.pooled_idx = plan.slot.gather(1, eot)[:, 0]  # EOT is kept: its own slot
         return x
 
+    def bookkeeping(self) -> tuple:
+        """What a block changes: sizes, token ids, pooled position, last plan
+        (references: the tensors are never modified in place)."""
+        return self.sizes, self.token_ids, self.pooled_idx, self.last_plan
+
+    def restore_bookkeeping(self, saved: tuple) -> None:
+        """Go back to what :meth:`bookkeeping` returned (a recomputed block)."""
+        self.sizes, self.token_ids, self.pooled_idx, self.last_plan = saved
+
     @property
     def modality(self) -> str:
         return "text" if self.pooled_idx is not None else "vision"

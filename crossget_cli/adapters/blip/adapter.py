@@ -303,7 +303,8 @@ def vision_tower(model: nn.Module) -> nn.Module:
 def vision_tower_spec(module: nn.Module) -> Tower:
     attn = module.encoder.layers[0].self_attn
     tokens = module.embeddings.num_positions + 1  # + the cross slot
-    return Tower("vision", module.encoder, "cross_image", len(module.encoder.layers), attn.embed_dim, attn.num_heads, tokens)
+    layers = module.encoder.layers
+    return Tower("vision", module.encoder, "cross_image", len(layers), attn.embed_dim, attn.num_heads, tokens, tuple(layers))
 
 
 def _kind(model: nn.Module) -> str | None:
@@ -371,6 +372,7 @@ class BlipAdapter(Adapter):
                     attn.all_head_size,
                     attn.num_attention_heads,
                     context + 1,
+                    tuple(text.encoder.layer),
                 )
             )
         return towers

@@ -205,7 +205,16 @@ class HFClipAdapter(Adapter):
             else:
                 name, tokens = "cross_text", module.config.max_position_embeddings + 1
             towers.append(
-                Tower(modality, module.encoder, name, len(module.encoder.layers), attn.embed_dim, attn.num_heads, tokens)
+                Tower(
+                    modality,
+                    module.encoder,
+                    name,
+                    len(module.encoder.layers),
+                    attn.embed_dim,
+                    attn.num_heads,
+                    tokens,
+                    tuple(module.encoder.layers),
+                )
             )
         return towers
 

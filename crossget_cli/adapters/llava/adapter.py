@@ -259,6 +259,7 @@ class LlavaAdapter(Adapter):
                 attn.embed_dim,
                 attn.num_heads,
                 vision.embeddings.num_positions + 1,
+                tuple(vision.encoder.layers),
             ),
             # The LLM "tower" reports the visual tokens it receives per layer.
             Tower(

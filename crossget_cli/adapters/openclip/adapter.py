@@ -86,7 +86,8 @@ class _ReducingVisionTransformer:
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         if not self.batch_first:
             x = x.transpose(0, 1)
-        x = run_tower(x, self, "cross_image", self.resblocks, _block_forward, tower_state(self))
+        state = tower_state(self)
+        x = run_tower(x, self, "cross_image", self.resblocks, _block_forward, state, checkpoint_blocks=getattr(self, "grad_checkpointing", False))
         return x if self.batch_first else x.transpose(0, 1)
 
 
@@ -105,7 +106,9 @@ def _encode_text_reduced(owner: nn.Module, text: torch.Tensor, token_embeddings:
     tokens = owner.token_embedding(text) if token_embeddings is None else token_embeddings
     x = tokens.to(dtype) + owner.positional_embedding[: text.shape[1]].to(dtype)
     state = tower_state(transformer, input_ids=text, pooled_idx=_pooled_index(owner, text))
-    x = run_tower(x, transformer, "cross_text", transformer.resblocks, _block_forward, state)
+    x = run_tower(
+        x, transformer, "cross_text", transformer.resblocks, _block_forward, state, checkpoint_blocks=getattr(transformer, "grad_checkpointing", False)
+    )
     x = owner.ln_final(x)
     pooled = x[torch.arange(x.shape[0], device=x.device), state.pooled_idx]
     projection = owner.text_projection
@@ -169,7 +172,7 @@ class OpenClipAdapter(Adapter):
         width, heads = _check_blocks(visual.transformer.resblocks, "image tower")
         grid = visual.grid_size[0] * visual.grid_size[1]
         blocks = visual.transformer.resblocks
-        towers = [Tower("vision", visual.transformer, "cross_image", len(blocks), width, heads, 1 + grid + 1)]
+        towers = [Tower("vision", visual.transformer, "cross_image", len(blocks), width, heads, 1 + grid + 1, tuple(blocks))]
         owner = _text_owner(model)
         if getattr(owner, "cls_emb", None) is not None or getattr(owner, "use_pad_mask", False):
             raise CrossGetError("open_clip text tower with a class token or padding mask", "use a CLIP-style causal text tower")
@@ -177,7 +180,7 @@ class OpenClipAdapter(Adapter):
             raise CrossGetError(f"text pooling {owner.text_pool_type!r} is not supported", "use argmax (EOT) pooling")
         width, heads = _check_blocks(owner.transformer.resblocks, "text tower")
         blocks = owner.transformer.resblocks
-        towers.append(Tower("text", owner.transformer, "cross_text", len(blocks), width, heads, owner.context_length + 1))
+        towers.append(Tower("text", owner.transformer, "cross_text", len(blocks), width, heads, owner.context_length + 1, tuple(blocks)))
         return towers
 
     def inputs(self, model: nn.Module) -> ModelInputs:
