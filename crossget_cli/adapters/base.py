@@ -250,5 +250,3 @@ class Adapter:
         if CONFIG_ATTR in model.__dict__:
             delattr(model, CONFIG_ATTR)
         return model
-
-

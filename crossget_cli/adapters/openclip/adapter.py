@@ -87,7 +87,15 @@ class _ReducingVisionTransformer:
         if not self.batch_first:
             x = x.transpose(0, 1)
         state = tower_state(self)
-        x = run_tower(x, self, "cross_image", self.resblocks, _block_forward, state, checkpoint_blocks=getattr(self, "grad_checkpointing", False))
+        x = run_tower(
+            x,
+            self,
+            "cross_image",
+            self.resblocks,
+            _block_forward,
+            state,
+            checkpoint_blocks=getattr(self, "grad_checkpointing", False),
+        )
         return x if self.batch_first else x.transpose(0, 1)
 
 
@@ -107,7 +115,13 @@ def _encode_text_reduced(owner: nn.Module, text: torch.Tensor, token_embeddings:
     x = tokens.to(dtype) + owner.positional_embedding[: text.shape[1]].to(dtype)
     state = tower_state(transformer, input_ids=text, pooled_idx=_pooled_index(owner, text))
     x = run_tower(
-        x, transformer, "cross_text", transformer.resblocks, _block_forward, state, checkpoint_blocks=getattr(transformer, "grad_checkpointing", False)
+        x,
+        transformer,
+        "cross_text",
+        transformer.resblocks,
+        _block_forward,
+        state,
+        checkpoint_blocks=getattr(transformer, "grad_checkpointing", False),
     )
     x = owner.ln_final(x)
     pooled = x[torch.arange(x.shape[0], device=x.device), state.pooled_idx]
@@ -180,7 +194,9 @@ class OpenClipAdapter(Adapter):
             raise CrossGetError(f"text pooling {owner.text_pool_type!r} is not supported", "use argmax (EOT) pooling")
         width, heads = _check_blocks(owner.transformer.resblocks, "text tower")
         blocks = owner.transformer.resblocks
-        towers.append(Tower("text", owner.transformer, "cross_text", len(blocks), width, heads, owner.context_length + 1, tuple(blocks)))
+        towers.append(
+            Tower("text", owner.transformer, "cross_text", len(blocks), width, heads, owner.context_length + 1, tuple(blocks))
+        )
         return towers
 
     def inputs(self, model: nn.Module) -> ModelInputs:
