@@ -53,7 +53,7 @@ class FinetuneSpec:
     max_steps: int | None = None  # the run stopped after this many optimizer steps (what ran is recorded)
     batch_size: int = 64
     schedule: str = "cosine"
-    trainable: str = "all"  # all / cross / prompt+cross
+    trainable: str = "all"  # as --trainable: all, cross, a family's named group, or parameter-name substrings
     amp: str = "fp16"
     shots: int | None = None  # CoOp: examples per class
     dataset: str | None = None
@@ -91,12 +91,20 @@ class Recipe:
 
 _SECTIONS = {"model": ModelSpec, "reduction": ReductionSpec, "finetune": FinetuneSpec, "eval": EvalSpec}
 _VALID_CHOICES = {
-    ("finetune", "objective"): ("clip", "coop", "llava", "blip-retrieval", "blip-caption", "blip-vqa"),
     ("finetune", "schedule"): ("cosine", "constant"),
-    ("finetune", "trainable"): ("all", "cross", "prompt+cross", "cross+projector+llm"),
     ("finetune", "amp"): ("fp16", "bf16", "none"),
     ("eval", "task"): ("retrieval", "zeroshot", "captioning", "vqa", "multiple-choice"),
 }
+
+
+def _choices(section: str, key: str) -> tuple[str, ...] | None:
+    """The values a recipe key takes; objectives come from their registry, as
+    for ``--objective`` (``coop`` runs its own prompt-learning loop)."""
+    if (section, key) == ("finetune", "objective"):
+        from crossget_cli.adapters import training  # registers every family's objectives on import
+
+        return ("coop", *training.list_objectives())
+    return _VALID_CHOICES.get((section, key))
 
 
 def _drop_none(value):
@@ -135,7 +143,7 @@ def _build(cls, section: str, data) -> Any:
         if key not in known:
             raise CrossGetError(f"unknown recipe key {section}.{key}", f"valid keys in {section}: {', '.join(known)}")
         _check_type(f"{section}.{key}", value, str(known[key].type))
-        choices = _VALID_CHOICES.get((section, key))
+        choices = _choices(section, key)
         if choices and value not in choices:
             raise CrossGetError(f"recipe key {section}.{key} has a bad value {value!r}", f"choose one of: {', '.join(choices)}")
     return cls(**data)

@@ -154,6 +154,9 @@ class Adapter:
     #: and ``generate`` settings that the eval flags leave unset.
     prompt_templates: ClassVar[dict[str, str]] = {}
     generation_defaults: ClassVar[dict[str, object]] = {}
+    #: Named ``--trainable`` groups this family offers: name -> parameter-name
+    #: substrings (LLaVA: the projector, the LLM).
+    trainable_groups: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

@@ -23,14 +23,10 @@ from crossget_cli.errors import CrossGetError
 from crossget_cli.files import check_writable
 from crossget_cli.registry import Registry
 
+#: ``--trainable`` values every model has; families add named groups
+#: (:attr:`Adapter.trainable_groups`), and any comma-separated list of
+#: parameter-name substrings works too.
 TRAINABLE = ("all", "cross")
-#: Named parameter groups of ``--trainable`` (recipes' ``finetune.trainable``).
-TRAINABLE_GROUPS = {
-    "cross+projector": "cross_image,cross_text,multi_modal_projector",
-    "cross+projector+llm": "cross_image,cross_text,multi_modal_projector,language_model,lm_head",
-}
-#: The ``trainable`` values a recipe and a FinetuneConfig share (CoOp's ``prompt+cross`` is its own).
-SHARED_TRAINABLE = (*TRAINABLE, *TRAINABLE_GROUPS)
 AMP = ("none", "fp16", "bf16")
 SCHEDULES = ("cosine", "constant")
 

@@ -100,7 +100,11 @@ ClipGradOpt = Annotated[
 ]
 TrainableOpt = Annotated[
     Optional[str],
-    typer.Option("--trainable", help="all, cross, or comma-separated parameter-name substrings.", rich_help_panel=FT),
+    typer.Option(
+        "--trainable",
+        help="all, cross, a group the model family names (e.g. cross+projector), or comma-separated parameter-name substrings.",
+        rich_help_panel=FT,
+    ),
 ]
 AmpOpt = Annotated[Optional[str], typer.Option("--amp", help="none, fp16 or bf16 (CUDA).", rich_help_panel=FT)]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the data order and initialisation.", rich_help_panel=FT)]
@@ -228,14 +232,14 @@ def compress(
     resume: ResumeOpt = False,
     annotations: Annotated[
         Optional[str],
-        typer.Option("--annotations", help="blip-vqa: VQAv2 annotation JSON for --train-data questions.", rich_help_panel=FT),
+        typer.Option("--annotations", help="VQA objectives: VQAv2 annotation JSON for --train-data questions.", rich_help_panel=FT),
     ] = None,
     objective: Annotated[
         Optional[str],
         typer.Option(
             "--objective",
-            help="clip (ITC + L_JS on image-caption pairs), coop (prompt learning on classes), blip-retrieval "
-            "(ITC + ITM + L_JS), blip-caption (LM + L_JS), blip-vqa (answer LM + L_JS), or another registered objective.",
+            help="clip (ITC + L_JS on image-caption pairs), coop (prompt learning on classes), or an objective "
+            "a model family registers (an unknown name lists them all).",
             rich_help_panel=FT,
         ),
     ] = None,
@@ -633,7 +637,7 @@ def eval_command(
     ] = None,
     num_beams: Annotated[
         Optional[int],
-        typer.Option("--num-beams", help="Generative tasks: beam width (default: BLIP/BLIP-2 3, LLaVA 1 = greedy)."),
+        typer.Option("--num-beams", help="Generative tasks: beam width (default: the model family's, e.g. 3 for beam search, 1 = greedy)."),
     ] = None,
     prompt: Annotated[
         Optional[str],

@@ -29,7 +29,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from crossget_cli.adapters.training import AMP, SHARED_TRAINABLE, TRAINABLE_GROUPS, FinetuneConfig, get_objective, world_info
+from crossget_cli.adapters.registry import find_adapter
+from crossget_cli.adapters.training import AMP, FinetuneConfig, get_objective, world_info
 from crossget_cli.errors import CrossGetError
 from crossget_cli.adapters.model_io import ModelIO
 from crossget_cli.files import write_atomic
@@ -56,7 +57,7 @@ def recipe_settings(spec: FinetuneSpec | None) -> dict[str, Any]:
     )
     if spec.max_steps is not None:
         settings["max_steps"] = spec.max_steps
-    if spec.trainable in SHARED_TRAINABLE:
+    if spec.trainable is not None and spec.trainable != "prompt+cross":  # CoOp's own, set by its loop
         settings["trainable"] = spec.trainable
     if spec.amp in AMP:
         settings["amp"] = spec.amp
@@ -75,7 +76,7 @@ def recipe_spec(base: FinetuneSpec, config: FinetuneConfig) -> FinetuneSpec:
         max_steps=config.max_steps,
         batch_size=config.batch_size,
         schedule=config.schedule,
-        trainable=config.trainable if config.trainable in SHARED_TRAINABLE else base.trainable,
+        trainable=config.trainable,
         amp=config.amp,
         dataset=config.data,
     )
@@ -108,10 +109,14 @@ def select_trainable(model: nn.Module, trainable: str) -> list[str]:
     elif trainable == "cross":
         chosen = [n for n in names if n.endswith(("cross_image", "cross_text"))]
     else:
-        patterns = [p.strip() for p in TRAINABLE_GROUPS.get(trainable, trainable).split(",") if p.strip()]
+        groups = find_adapter(model).trainable_groups
+        patterns = groups.get(trainable) or [p.strip() for p in trainable.split(",") if p.strip()]
         chosen = [n for n in names if any(p in n for p in patterns)]
     if not chosen:
-        raise CrossGetError(f"--trainable {trainable!r} selects no parameter", "use all, cross, or substrings of parameter names")
+        named = ", ".join(["all", "cross", *find_adapter(model).trainable_groups])
+        raise CrossGetError(
+            f"--trainable {trainable!r} selects no parameter", f"use {named}, or comma-separated substrings of parameter names"
+        )
     for name, param in model.named_parameters():
         param.requires_grad_(name in chosen)
     return chosen

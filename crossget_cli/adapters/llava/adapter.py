@@ -242,6 +242,11 @@ class LlavaAdapter(Adapter):
             and hasattr(core.config, "image_token_id")
         )
 
+    trainable_groups = {
+        "cross+projector": ("cross_image", "cross_text", "multi_modal_projector"),
+        "cross+projector+llm": ("cross_image", "cross_text", "multi_modal_projector", "language_model", "lm_head"),
+    }
+
     def towers(self, model: nn.Module) -> list[Tower]:
         core = llava_core(model)
         vision = core.vision_tower
