@@ -10,9 +10,8 @@ import torch
 
 import crossget_cli
 from crossget_cli.adapters.registry import find_adapter
+from sweep import CASES, build, example_inputs, randomise_cross
 from tiny_models import hf_tiny, openclip_tiny
-
-from test_adapters import CASES, _build, _inputs, _randomise_cross
 
 
 def _hooked_counts(model, towers):
@@ -47,8 +46,8 @@ def _run_towers(model, images, texts):
 
 @pytest.mark.parametrize("adapter_name,model_name", CASES)
 def test_block_hooks_see_the_schedule(adapter_name, model_name):
-    model = _build(adapter_name, model_name)
-    images, texts = _inputs(model)
+    model = build(adapter_name, model_name)
+    images, texts = example_inputs(model)
     adapter = find_adapter(model)
     r = {"vision": [5, 0, 3, 9], "text": [2, 2, 0, 9]}
     crossget_cli.patch(model, vision_r=r["vision"], text_r=r["text"] if "text" in adapter.reduces else 0)
@@ -124,11 +123,11 @@ def _training_grads(model, images, texts) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("adapter_name,model_name", CASES)
 def test_grad_checkpointing_matches_plain_backward(adapter_name, model_name):
-    model = _build(adapter_name, model_name)
-    images, texts = _inputs(model)
+    model = build(adapter_name, model_name)
+    images, texts = example_inputs(model)
     adapter = find_adapter(model)
     crossget_cli.patch(model, vision_r=[3, 2, 4, 2], text_r=[2, 2, 2, 2] if "text" in adapter.reduces else 0)
-    _randomise_cross(model)
+    randomise_cross(model)
     plain = _training_grads(model, images, texts)
     checkpointed_model = copy.deepcopy(model)
     _enable_checkpointing(checkpointed_model)

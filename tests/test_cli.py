@@ -13,8 +13,7 @@ from typer.testing import CliRunner
 
 from crossget_cli.version import __version__
 from crossget_cli.cli.app import app
-from test_export import OPENAI_TINY
-from tiny_models import openclip_tiny, save_hf_folder, save_openclip_folder
+from tiny_models import OPENAI_TINY, openclip_tiny, save_hf_folder, save_openclip_folder
 
 runner = CliRunner()
 

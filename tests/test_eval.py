@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import crossget_cli
 from crossget_cli.cli.app import app
 from crossget_cli.metrics.retrieval import retrieval_recall
-from test_retrieval import _brute_force
+from reference_metrics import brute_force_recall
 from tiny_models import BPE_TINY, RGB, save_hf_folder, save_openclip_folder
 
 runner = CliRunner()
@@ -84,7 +84,7 @@ def test_retrieval_openclip_original_and_compressed(flickr, tmp_path):
 
     image_features, text_features, owner = _independent_openclip_recall(model, flickr)
     for k in (1, 5, 10):
-        txt, img = _brute_force(image_features, text_features, owner, k)
+        txt, img = brute_force_recall(image_features, text_features, owner, k)
         assert original[f"txt_r{k}"] == pytest.approx(txt)
         assert original[f"img_r{k}"] == pytest.approx(img)
 

@@ -16,10 +16,7 @@ from crossget_cli.export.compress import compress
 from crossget_cli.loading.exported import load_exported
 from crossget_cli.loading.models import load_model
 from crossget_cli.loading.formats import openai_model_config
-from tiny_models import TINY, hf_tiny, openclip_tiny
-
-# OpenAI checkpoints carry no head count: both towers use width // 64.
-OPENAI_TINY = dict(TINY, transformer_heads=1)
+from tiny_models import OPENAI_TINY, TINY, hf_tiny, openclip_tiny
 
 
 def _same_outputs(a, b):

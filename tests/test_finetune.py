@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from PIL import Image
 from typer.testing import CliRunner
 
 import crossget_cli
@@ -20,32 +19,8 @@ from crossget_cli.loading.preprocessing import model_io
 from crossget_cli.adapters.training import FinetuneConfig, Objective, register_objective
 from crossget_cli.train.loop import finetune
 from crossget_cli.loading.models import load_model
-from tiny_models import RGB, save_openclip_folder
 
 runner = CliRunner()
-COLOURS = RGB
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    """Eight coloured images with two captions each (Karpathy JSON, train split)."""
-    root = tmp_path_factory.mktemp("shapes")
-    images = []
-    for i, (colour, rgb) in enumerate(COLOURS.items()):
-        picture = Image.new("RGB", (32, 32), rgb)
-        picture.paste((128, 128, 128), (4 * (i % 4), 8, 4 * (i % 4) + 8, 16))
-        picture.save(root / f"{colour}.png")
-        sentences = [{"raw": f"a {colour} picture"}, {"raw": f"something {colour}"}]
-        images.append({"filename": f"{colour}.png", "split": "train", "sentences": sentences})
-    (root / "data.json").write_text(json.dumps({"images": images}))
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    save_openclip_folder(folder)
-    return folder
 
 
 def _io(tiny):

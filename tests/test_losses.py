@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import crossget_cli
 from crossget_cli.core import contrastive_loss, js_loss
 from crossget_cli.errors import CrossGetError
-from test_parity import _hf, _openclip
+from tiny_models import golden_hf, golden_openclip
 
 TRAIN_VARIANTS = ["ours_rv4_rl3", "ours_rv4_rl0", "ours_rv0_rl3", "ours_rv0_rl0"]
 
@@ -32,7 +32,7 @@ def _cross(model, modality):
 @pytest.mark.parametrize("name", TRAIN_VARIANTS)
 def test_losses_and_gradients_match_official(golden, family, name):
     variant = golden["variants"][name]
-    model = (_openclip if family == "openclip" else _hf)(golden, variant)[0]
+    model = (golden_openclip if family == "openclip" else golden_hf)(golden, variant)[0]
     model.train()
     out = crossget_cli.clip_losses(model, golden["image"], golden["text"])
     out["total"].backward()

@@ -6,43 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-import crossget_cli
 from crossget_cli.core import trace_reduction
-from tiny_models import hf_tiny, openai_to_hf, openclip_tiny
+from tiny_models import golden_hf, golden_openclip
 
 VARIANTS = ["ours_rv4_rl3", "ours_rv4_rl0", "ours_rv0_rl3", "ours_rv0_rl0", "none_rv0_rl0", "ours_rv16_rl16"]
 
 
-def _openclip(golden, variant):
-    model = openclip_tiny()
-    state = golden["state_dict"]
-    if variant["reduce"] == "ours":
-        crossget_cli.patch(model, vision_r=variant["rv"], text_r=variant["rl"])
-    else:
-        state = {k: v for k, v in state.items() if "cross" not in k}
-    model.load_state_dict(state)  # official names load as they are
-    return model, model.encode_image, model.encode_text
-
-
-def _hf(golden, variant, attn_implementation="sdpa"):
-    model = hf_tiny(attn_implementation=attn_implementation)
-    state = openai_to_hf(golden["state_dict"])
-    if variant["reduce"] == "ours":
-        crossget_cli.patch(model, vision_r=variant["rv"], text_r=variant["rl"])
-    else:
-        state = {k: v for k, v in state.items() if "cross" not in k}
-    model.load_state_dict(state)
-    return (
-        model,
-        lambda images: model.get_image_features(pixel_values=images).pooler_output,
-        lambda ids: model.get_text_features(input_ids=ids).pooler_output,
-    )
-
-
 BUILDERS = {
-    "openclip": _openclip,
-    "hf-sdpa": _hf,
-    "hf-eager": lambda g, v: _hf(g, v, "eager"),
+    "openclip": golden_openclip,
+    "hf-sdpa": golden_hf,
+    "hf-eager": lambda g, v: golden_hf(g, v, "eager"),
 }
 
 

@@ -8,20 +8,7 @@ import torch
 
 from crossget_cli.metrics.retrieval import retrieval_recall
 from crossget_cli.evaluation.zeroshot import topk_accuracy
-
-
-def _brute_force(images, texts, owner, k):
-    sim = (images @ texts.t()).tolist()
-    i2t = 0
-    for i, row in enumerate(sim):
-        ranked = sorted(range(len(row)), key=lambda c: -row[c])[:k]
-        i2t += any(owner[c] == i for c in ranked)
-    t2i = 0
-    for c in range(texts.shape[0]):
-        col = [sim[i][c] for i in range(images.shape[0])]
-        ranked = sorted(range(len(col)), key=lambda i: -col[i])[:k]
-        t2i += owner[c] in ranked
-    return 100.0 * i2t / images.shape[0], 100.0 * t2i / texts.shape[0]
+from reference_metrics import brute_force_recall
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 1024])
@@ -32,7 +19,7 @@ def test_recall_matches_brute_force(chunk):
     texts = torch.nn.functional.normalize(images[owner] + 0.9 * torch.randn(len(owner), 8, generator=gen), dim=-1)
     scores = retrieval_recall(images, texts, owner, chunk=chunk)
     for k in (1, 5, 10):
-        txt, img = _brute_force(images, texts, owner, k)
+        txt, img = brute_force_recall(images, texts, owner, k)
         assert scores[f"txt_r{k}"] == pytest.approx(txt)
         assert scores[f"img_r{k}"] == pytest.approx(img)
     six = [scores[f"{d}_r{k}"] for d in ("txt", "img") for k in (1, 5, 10)]

@@ -1,5 +1,6 @@
 """The ToMe baseline (``method="tome"``): bipartite soft matching against a
-hand-worked example, token counts, no cross tokens, exact unpatch."""
+hand-worked example, and swept over every registered adapter: token counts,
+bipartite plans, no cross tokens, exact unpatch."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import pytest
 import torch
 
 import crossget_cli
-from crossget_cli.adapters.registry import find_adapter
+from crossget_cli.adapters.registry import find_adapter, get_adapter, list_adapters
 from crossget_cli.core import bipartite_matching, ensemble_merge, trace_reduction
+from crossget_cli.errors import CrossGetError
+from crossget_cli.profile.report import tokens_per_layer
+from sweep import CASES, build, example_inputs, features, is_cross_token, same_computation_tolerance
 from tiny_models import TINY_MODELS
 
 
@@ -48,34 +52,92 @@ def test_protected_tokens_are_kept():
         assert not touched & {0, int(eot[i])}
 
 
-@pytest.mark.parametrize("adapter_name,model_name", [("openclip", "openclip-CLIP"), ("hf-clip", "CLIPModel")])
-def test_tome_patch_counts_tokens_and_unpatches(adapter_name, model_name):
-    model = TINY_MODELS[adapter_name][model_name]()
+VISION_R, TEXT_R = [4, 3, 2, 9], [2, 2, 0, 9]
+
+#: ToMe's token counts for VISION_R / TEXT_R by hand, keyed by the tokens
+#: entering the tower (ToMe has no cross slot). Protected: CLS (vision; P = 1),
+#: SOT/[CLS] and EOT (text; P = 2). A step of T tokens removes at most
+#: min((T - P) // 2, (T + 1) // 2 - P): bipartite sources are the even positions.
+HAND_COUNTS = {
+    # every tiny ViT: 16 patches + CLS; 8 -> min(7 // 2, 9 // 2 - 1) = 3 of the last r = 9
+    ("vision", 17): [17, 13, 10, 8, 5],
+    # CLIP's context; 12 -> min(10 // 2, 13 // 2 - 2) = 4 of the last r = 9 (complete-graph clamping: 5)
+    ("text", 16): [16, 14, 12, 12, 8],
+    # BLIP's context (35); 31 -> min(29 // 2, 32 // 2 - 2) = 14: r = 9 unclamped
+    ("text", 35): [35, 33, 31, 31, 22],
+}
+#: LLaVA's LLM receives the hidden state of vision_feature_layer = -2 (the
+#: output of block 2 of 4: 8 tokens), less CLS.
+LLAVA_VISUAL_TOKENS = 7
+
+
+def _assert_bipartite(plan, rows):
+    """ToMe's plan: sources at even positions merge into odd ones (sets A and
+    B), token 0 is untouched, the merge is a plain sum (no CrossGET weights)."""
+    assert plan.source_weight is None
+    src, dst = plan.src_idx[rows], plan.dst_idx[rows]
+    assert bool((src % 2 == 0).all()) and bool((dst % 2 == 1).all())
+    assert not bool((src == 0).any())
+
+
+@pytest.mark.parametrize("adapter_name,model_name", CASES)
+def test_tome_on_every_adapter(adapter_name, model_name):
+    """ToMe runs on every registered family: no cross tokens, bipartite plans,
+    the hand-worked token counts, with r = 0 the original computation, and an
+    exact unpatch."""
+    model = build(adapter_name, model_name)
     pristine = copy.deepcopy(model)
     adapter = find_adapter(model)
-    spec = adapter.inputs(model)
-    images, texts = spec.example_images(2, seed=1), spec.example_texts(2, length=9, seed=2)
+    images, texts = example_inputs(model)
     keys = set(model.state_dict())
+    classes = {name: type(m) for name, m in model.named_modules()}
+    before = features(pristine, images, texts)
+    reduced = adapter.reduces
 
-    crossget_cli.patch(model, vision_r=[4, 3, 2, 9], text_r=2, method="tome")
+    crossget_cli.patch(model, vision_r=VISION_R, text_r=TEXT_R if "text" in reduced else 0, method="tome")
     assert set(model.state_dict()) == keys  # ToMe has no cross tokens
-    with torch.no_grad(), trace_reduction() as trace:
-        adapter.encode_image(model, images)
-        adapter.encode_text(model, texts)
-    vision = [r["x"].shape[1] for r in trace if r["modality"] == "vision"]
-    text = [r["x"].shape[1] for r in trace if r["modality"] == "text"]
-    assert vision == [13, 10, 8, 5]  # 17 tokens, CLS protected; last r = 9 clamped to (8 - 1) // 2
-    assert text == [14, 12, 10, 8]  # 16 tokens, SOT and EOT protected
-    from crossget_cli.profile.report import tokens_per_layer
-
-    assert tokens_per_layer(model) == {"vision": [17, *vision], "text": [16, *text]}
+    assert not any(is_cross_token(name) for name, _ in model.named_parameters())
+    with trace_reduction() as trace:
+        features(model, images, texts)
+    towers = [t for t in adapter.towers(model) if t.blocks and t.modality in reduced]
+    assert towers
+    for tower in towers:
+        expected = HAND_COUNTS[(tower.modality, tower.num_tokens - 1)]
+        assert tower.token_counts() == expected
+        assert tokens_per_layer(model)[tower.modality] == expected
+        records = [r for r in trace if r["modality"] == tower.modality]
+        assert [r["x"].shape[1] for r in records] == expected[1:]
+        # caption 1 is padded, and padding-aware families merge padding anywhere
+        rows = [0, 1, 2] if tower.modality == "vision" else [0, 2]
+        for record in records:
+            assert record["cross_in"] is None
+            if record["plan"] is not None:
+                _assert_bipartite(record["plan"], rows)
+        assert sum(r["plan"] is not None for r in records) == sum(r > 0 for r in tower.schedule)
+    if adapter_name == "llava":
+        assert adapter.num_image_tokens(model) == LLAVA_VISUAL_TOKENS
+        with torch.no_grad():
+            assert adapter.image_features(model, images).shape[1] == LLAVA_VISUAL_TOKENS
 
     crossget_cli.patch(model, vision_r=0, text_r=0, method="tome")
-    with torch.no_grad():
-        assert torch.allclose(adapter.encode_image(model, images), adapter.encode_image(pristine, images), atol=1e-5)
+    nothing_merged = features(model, images, texts)
+    for key in before:
+        torch.testing.assert_close(nothing_merged[key], before[key], **same_computation_tolerance(adapter_name))
+
     crossget_cli.unpatch(model)
-    with torch.no_grad():
-        assert torch.equal(adapter.encode_image(model, images), adapter.encode_image(pristine, images))
+    assert set(model.state_dict()) == keys
+    assert {name: type(m) for name, m in model.named_modules()} == classes
+    after = features(model, images, texts)
+    for key in before:
+        assert torch.equal(after[key], before[key])
+
+
+@pytest.mark.parametrize("adapter_name", [name for name in list_adapters() if "text" not in get_adapter(name).reduces])
+def test_tome_refuses_a_tower_the_family_does_not_reduce(adapter_name):
+    """LLaVA merges vision tokens only: a text r is a clear error for ToMe too."""
+    model = build(adapter_name, next(iter(TINY_MODELS[adapter_name])))
+    with pytest.raises(CrossGetError, match="merge no text tokens"):
+        crossget_cli.patch(model, vision_r=2, text_r=2, method="tome")
 
 
 def test_switching_methods_adds_and_drops_cross_tokens():
@@ -95,8 +157,7 @@ def test_tome_from_the_cli(tmp_path):
     from typer.testing import CliRunner
 
     from crossget_cli.cli.app import app
-    from test_export import OPENAI_TINY
-    from tiny_models import openclip_tiny
+    from tiny_models import OPENAI_TINY, openclip_tiny
 
     runner = CliRunner()
     save_file(openclip_tiny(OPENAI_TINY).state_dict(), str(tmp_path / "clip.safetensors"))

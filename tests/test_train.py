@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 
 from crossget_cli.cli.app import app
 from crossget_cli.loading.models import load_model
-from test_finetune import shapes, tiny  # noqa: F401  (fixtures)
 
 runner = CliRunner()
 
@@ -23,7 +22,7 @@ def _train(model, data, output, *extra):
     return runner.invoke(app, [*args, *extra, "--json"])
 
 
-def test_train_lowers_the_loss_and_saves_an_open_clip_folder(shapes, tiny, tmp_path):  # noqa: F811
+def test_train_lowers_the_loss_and_saves_an_open_clip_folder(shapes, tiny, tmp_path):
     result = _train(tiny, shapes / "data.json", tmp_path / "out", "--epochs", "6", "--lr", "2e-3")
     assert result.exit_code == 0, result.output
     training = json.loads((tmp_path / "out" / "training.json").read_text())
@@ -46,7 +45,7 @@ def test_train_lowers_the_loss_and_saves_an_open_clip_folder(shapes, tiny, tmp_p
     assert (tmp_path / "out" / "open_clip_model.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask
 
 
-def test_training_from_scratch_is_reproducible(shapes, tmp_path):  # noqa: F811
+def test_training_from_scratch_is_reproducible(shapes, tmp_path):
     """``--pretrained none`` of the built-in architecture: the seed fixes the
     initialisation and the data order, so two runs save identical weights."""
     runs = []
@@ -71,14 +70,14 @@ def test_training_from_scratch_is_reproducible(shapes, tmp_path):  # noqa: F811
         (["--train-data", "{data}"], "--output"),
     ],
 )
-def test_train_bad_input(shapes, tiny, tmp_path, args, expected):  # noqa: F811
+def test_train_bad_input(shapes, tiny, tmp_path, args, expected):
     args = [a.format(tmp=tmp_path, data=shapes / "data.json") for a in args]
     result = runner.invoke(app, ["train", "-m", str(tiny), *args])
     assert result.exit_code == 2 and expected in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "o").exists()
 
 
-def test_train_refuses_a_compressed_model(shapes, tiny, tmp_path):  # noqa: F811
+def test_train_refuses_a_compressed_model(shapes, tiny, tmp_path):
     compressed = runner.invoke(app, ["compress", "-m", str(tiny), "--vision-r", "2", "-o", str(tmp_path / "c"), "--no-speed"])
     assert compressed.exit_code == 0, compressed.output
     result = _train(tmp_path / "c", shapes / "data.json", tmp_path / "o")

@@ -23,6 +23,10 @@ TINY = dict(
     transformer_layers=4,
 )
 
+#: An OpenAI-style checkpoint of TINY: OpenAI checkpoints carry no head count,
+#: so loading one gives both towers width // 64 heads.
+OPENAI_TINY = dict(TINY, transformer_heads=1)
+
 
 def openclip_tiny(cfg: dict = TINY) -> CLIP:
     vision = CLIPVisionCfg(
@@ -127,6 +131,40 @@ def openai_to_hf(state_dict: dict) -> dict:
         elif name == "text_projection":
             out["text_projection.weight"] = value.t().contiguous()
     return out
+
+
+def golden_openclip(golden: dict, variant: dict):
+    """The tiny open_clip model with the golden file's weights, patched as
+    ``variant`` says (SPEC §9); returns ``(model, encode_image, encode_text)``."""
+    import crossget_cli
+
+    model = openclip_tiny()
+    state = golden["state_dict"]
+    if variant["reduce"] == "ours":
+        crossget_cli.patch(model, vision_r=variant["rv"], text_r=variant["rl"])
+    else:
+        state = {k: v for k, v in state.items() if "cross" not in k}
+    model.load_state_dict(state)  # official names load as they are
+    return model, model.encode_image, model.encode_text
+
+
+def golden_hf(golden: dict, variant: dict, attn_implementation: str = "sdpa"):
+    """:func:`golden_openclip` for the transformers ``CLIPModel`` (weights
+    converted with :func:`openai_to_hf`)."""
+    import crossget_cli
+
+    model = hf_tiny(attn_implementation=attn_implementation)
+    state = openai_to_hf(golden["state_dict"])
+    if variant["reduce"] == "ours":
+        crossget_cli.patch(model, vision_r=variant["rv"], text_r=variant["rl"])
+    else:
+        state = {k: v for k, v in state.items() if "cross" not in k}
+    model.load_state_dict(state)
+    return (
+        model,
+        lambda images: model.get_image_features(pixel_values=images).pooler_output,
+        lambda ids: model.get_text_features(input_ids=ids).pooler_output,
+    )
 
 
 def random_images(n: int, resolution: int, seed: int = 0) -> torch.Tensor:

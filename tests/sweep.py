@@ -1,0 +1,72 @@
+"""The sweep over every registered adapter and its tiny models: the cases to
+parametrize with, a model built afresh per test, example inputs, and the
+features a test compares. Shared by the test files that sweep the adapters
+(test files never import each other)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from crossget_cli.adapters.registry import find_adapter, list_adapters
+from tiny_models import TINY_MODELS
+
+#: ``(adapter name, tiny model name)`` for every registered adapter.
+CASES = [(adapter, name) for adapter in list_adapters() for name in TINY_MODELS.get(adapter, {})]
+
+#: Families whose patched vision blocks compute attention with another kernel
+#: than the original's (open_clip: nn.MultiheadAttention there, SDPA here; BLIP:
+#: transformers' eager BLIP attention there, SDPA here), so an unchanged
+#: computation matches to rounding only; the others run the model's own
+#: attention function and match bit for bit.
+OTHER_ATTENTION_KERNEL = {"openclip", "blip"}
+
+
+def same_computation_tolerance(adapter_name: str) -> dict:
+    """``assert_close`` tolerances for a patched vision tower that should compute
+    what the original does (see :data:`OTHER_ATTENTION_KERNEL`)."""
+    return dict(rtol=1e-6, atol=1e-6) if adapter_name in OTHER_ATTENTION_KERNEL else dict(rtol=0, atol=0)
+
+
+def build(adapter_name: str, model_name: str) -> nn.Module:
+    """A fresh tiny model of the case, the same on every call (seeded)."""
+    torch.manual_seed(0)
+    return TINY_MODELS[adapter_name][model_name]()
+
+
+def example_inputs(model: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Three images and three captions (``None`` where the model has no such
+    tower); caption 1 is shorter (EOT at 5, padding after)."""
+    spec = find_adapter(model).inputs(model)
+    images = spec.example_images(3, seed=1) if spec.image_size else None
+    texts = spec.example_texts(3, seed=2) if spec.context_length else None
+    if texts is not None:
+        texts[1, 6:] = 0  # shorter caption: EOT earlier, padding after
+        texts[1, 5] = spec.eot_id
+    return images, texts
+
+
+def features(model: nn.Module, images: torch.Tensor | None, texts: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """``{"image": ..., "text": ...}`` through the adapter, without gradients."""
+    adapter = find_adapter(model)
+    out = {}
+    with torch.no_grad():
+        if images is not None:
+            out["image"] = adapter.encode_image(model, images)
+        if texts is not None:
+            out["text"] = adapter.encode_text(model, texts)
+    return out
+
+
+def is_cross_token(name: str) -> bool:
+    """A cross-token parameter (not BLIP's "crossattention" weights)."""
+    return name.endswith(("cross_image", "cross_text"))
+
+
+def randomise_cross(model: nn.Module) -> None:
+    """Non-zero cross tokens (patching creates them zero), so tests can tell
+    whether they take effect."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if is_cross_token(name):
+                param.normal_(0, 0.5)
