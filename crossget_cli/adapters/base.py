@@ -120,7 +120,7 @@ class ReducingBlock:
     def forward(self, *args, crossget=None, **kwargs):
         if crossget is None:
             return super().forward(*args, **kwargs)
-        return crossget(self, args[0] if args else kwargs["hidden_states"])
+        return crossget(self, args[0])  # run_tower (and checkpointing) pass x positionally
 
 
 def swap_class(module: nn.Module, mixin: type) -> None:

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from crossget_cli.adapters.registry import find_adapter
-from crossget_cli.adapters.training import AMP, FinetuneConfig, get_objective, world_info
+from crossget_cli.adapters.training import AMP, TRAINABLE, FinetuneConfig, get_objective, world_info
 from crossget_cli.errors import CrossGetError
 from crossget_cli.adapters.model_io import ModelIO
 from crossget_cli.files import write_atomic
@@ -104,16 +104,16 @@ class FinetuneResult:
 def select_trainable(model: nn.Module, trainable: str) -> list[str]:
     """Freeze everything but the chosen parameters; return their names."""
     names = [n for n, _ in model.named_parameters()]
+    groups = find_adapter(model).trainable_groups
     if trainable == "all":
         chosen = names
     elif trainable == "cross":
         chosen = [n for n in names if n.endswith(("cross_image", "cross_text"))]
     else:
-        groups = find_adapter(model).trainable_groups
         patterns = groups.get(trainable) or [p.strip() for p in trainable.split(",") if p.strip()]
         chosen = [n for n in names if any(p in n for p in patterns)]
     if not chosen:
-        named = ", ".join(["all", "cross", *find_adapter(model).trainable_groups])
+        named = ", ".join([*TRAINABLE, *groups])
         raise CrossGetError(
             f"--trainable {trainable!r} selects no parameter", f"use {named}, or comma-separated substrings of parameter names"
         )
