@@ -4,11 +4,14 @@ is a :class:`CrossGetError` naming the key.
 
 The ``crossget.yaml`` that ``crossget compress`` exports is a recipe with an
 extra ``provenance`` section, so it can be fed back to ``crossget compress``.
+The recipes of the repository's ``recipes/`` folder ship with the package
+(:func:`list_builtin_recipes`); :func:`load_recipe` takes a path or their name.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -89,6 +92,10 @@ class Recipe:
         return _drop_none(dataclasses.asdict(self))
 
 
+#: Where the shipped recipes live once installed (setup.py maps ``recipes/`` there).
+BUILTIN_RECIPES_PACKAGE = "crossget_cli.builtin_recipes"
+EXAMPLES_HINT = "see `crossget recipes` for the shipped examples"
+
 _SECTIONS = {"model": ModelSpec, "reduction": ReductionSpec, "finetune": FinetuneSpec, "eval": EvalSpec}
 _VALID_CHOICES = {
     ("finetune", "schedule"): ("cosine", "constant"),
@@ -121,7 +128,7 @@ def _check_type(path: str, value, annotation: str):
         return
     if "dict" in annotation:
         if not isinstance(value, dict):
-            raise CrossGetError(f"recipe key {path} must be a mapping, got {value!r}", "see recipes/ for examples")
+            raise CrossGetError(f"recipe key {path} must be a mapping, got {value!r}", EXAMPLES_HINT)
         return
     ok = {
         "int": isinstance(value, int) and not isinstance(value, bool),
@@ -137,7 +144,7 @@ def _check_type(path: str, value, annotation: str):
 
 def _build(cls, section: str, data) -> Any:
     if not isinstance(data, dict):
-        raise CrossGetError(f"recipe section {section!r} must be a mapping", "see recipes/ for examples")
+        raise CrossGetError(f"recipe section {section!r} must be a mapping", EXAMPLES_HINT)
     known = {f.name: f for f in fields(cls)}
     for key, value in data.items():
         if key not in known:
@@ -151,7 +158,7 @@ def _build(cls, section: str, data) -> Any:
 
 def recipe_from_dict(data: dict, where: str = "recipe") -> Recipe:
     if not isinstance(data, dict):
-        raise CrossGetError(f"{where} is not a YAML mapping", "see recipes/ for examples")
+        raise CrossGetError(f"{where} is not a YAML mapping", EXAMPLES_HINT)
     known = {f.name for f in fields(Recipe)}
     for key in data:
         if key not in known:
@@ -161,7 +168,7 @@ def recipe_from_dict(data: dict, where: str = "recipe") -> Recipe:
         if key in _SECTIONS and value is not None:
             kwargs[key] = _build(_SECTIONS[key], key, value)
         elif key in ("reference", "provenance") and value is not None and not isinstance(value, dict):
-            raise CrossGetError(f"recipe key {key} must be a mapping", "see recipes/ for examples")
+            raise CrossGetError(f"recipe key {key} must be a mapping", EXAMPLES_HINT)
         else:
             kwargs[key] = value
     recipe = Recipe(**kwargs)
@@ -169,17 +176,38 @@ def recipe_from_dict(data: dict, where: str = "recipe") -> Recipe:
     return recipe
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    path = Path(path)
-    if not path.is_file():
+def list_builtin_recipes() -> list[str]:
+    """Names of the recipes shipped with the package (file names without ``.yaml``)."""
+    files = importlib.resources.files(BUILTIN_RECIPES_PACKAGE).iterdir()
+    return sorted(f.name.removesuffix(".yaml") for f in files if f.name.endswith(".yaml"))
+
+
+def builtin_recipe_text(name: str) -> str:
+    """The YAML text of the shipped recipe ``name`` (with or without ``.yaml``)."""
+    stem = name.removesuffix(".yaml")
+    if stem not in list_builtin_recipes():
+        raise CrossGetError(f"no shipped recipe named {name!r}", f"shipped recipes: {', '.join(list_builtin_recipes())}")
+    return (importlib.resources.files(BUILTIN_RECIPES_PACKAGE) / f"{stem}.yaml").read_text()
+
+
+def load_recipe(path_or_name: str | Path) -> Recipe:
+    """Parse a recipe from a YAML file, or load a shipped recipe by name (a path that
+    exists wins over a shipped name)."""
+    path = Path(path_or_name).expanduser()
+    if path.is_file():
+        text, where = path.read_text(), str(path)
+    elif path.name == str(path_or_name) and path.name.removesuffix(".yaml") in list_builtin_recipes():
+        text, where = builtin_recipe_text(path.name), f"shipped recipe {path.name.removesuffix('.yaml')}"
+    else:
         raise CrossGetError(
-            f"recipe file not found: {path}", "pass the path of a YAML recipe, e.g. recipes/clip_vit_b16_rv16.yaml"
+            f"recipe not found: {path_or_name}",
+            f"pass a YAML file or the name of a shipped recipe ({', '.join(list_builtin_recipes())})",
         )
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise CrossGetError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}", "fix the YAML syntax") from err
-    return recipe_from_dict(data, where=str(path))
+        raise CrossGetError(f"recipe {where} is not valid YAML: {str(err).splitlines()[0]}", "fix the YAML syntax") from err
+    return recipe_from_dict(data, where=where)
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:

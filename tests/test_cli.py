@@ -115,7 +115,7 @@ def _bad(tmp_path, checkpoint):
         "r list of wrong length": (["-m", str(checkpoint), "--vision-r", "1,2"], "layers"),
         "recipe with unknown key": (["-m", str(checkpoint), "--recipe", str(unknown_key)], "reduction.visoin_r"),
         "recipe with bad value": (["-m", str(checkpoint), "--recipe", str(bad_value)], "reduction.vision_r"),
-        "missing recipe": (["-m", str(checkpoint), "--recipe", str(tmp_path / "none.yaml")], "recipe file not found"),
+        "missing recipe": (["-m", str(checkpoint), "--recipe", str(tmp_path / "none.yaml")], "recipe not found"),
         "corrupt safetensors": (["-m", str(corrupt)], "cannot read checkpoint"),
         "output exists": (["-m", str(checkpoint), "-o", str(exists)], "--overwrite"),
     }

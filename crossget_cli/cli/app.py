@@ -193,7 +193,10 @@ def compress(
         Optional[Path], typer.Option("--output", "-o", help="Folder to write (must not exist, unless --overwrite).")
     ] = None,
     pretrained: PretrainedOpt = None,
-    recipe: Annotated[Optional[Path], typer.Option("--recipe", "-r", help="YAML recipe (model, reduction).")] = None,
+    recipe: Annotated[
+        Optional[str],
+        typer.Option("--recipe", "-r", help="YAML recipe (model, reduction), or a shipped recipe's name (`crossget recipes`)."),
+    ] = None,
     vision_r: Annotated[
         Optional[str], typer.Option("--vision-r", help="Tokens merged per vision layer: 16, or one value per layer 16,16,...")
     ] = None,
@@ -232,7 +235,9 @@ def compress(
     resume: ResumeOpt = False,
     annotations: Annotated[
         Optional[str],
-        typer.Option("--annotations", help="VQA objectives: VQAv2 annotation JSON for --train-data questions.", rich_help_panel=FT),
+        typer.Option(
+            "--annotations", help="VQA objectives: VQAv2 annotation JSON for --train-data questions.", rich_help_panel=FT
+        ),
     ] = None,
     objective: Annotated[
         Optional[str],
@@ -637,7 +642,9 @@ def eval_command(
     ] = None,
     num_beams: Annotated[
         Optional[int],
-        typer.Option("--num-beams", help="Generative tasks: beam width (default: the model family's, e.g. 3 for beam search, 1 = greedy)."),
+        typer.Option(
+            "--num-beams", help="Generative tasks: beam width (default: the model family's, e.g. 3 for beam search, 1 = greedy)."
+        ),
     ] = None,
     prompt: Annotated[
         Optional[str],
@@ -648,7 +655,10 @@ def eval_command(
         ),
     ] = None,
     recipe: Annotated[
-        Optional[Path], typer.Option("--recipe", "-r", help="Recipe whose eval section gives generation/re-ranking defaults.")
+        Optional[str],
+        typer.Option(
+            "--recipe", "-r", help="Recipe (file or shipped name) whose eval section gives generation/re-ranking defaults."
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images/texts per forward.")] = 64,
     num_workers: Annotated[int, typer.Option("--num-workers", help="DataLoader worker processes for images.")] = 0,
@@ -713,7 +723,32 @@ def eval_command(
             stdout.print(table)
 
 
-def _generation_settings(recipe: Optional[Path], **flags) -> dict:
+@app.command("recipes")
+@handle_errors
+def recipes_command(
+    name: Annotated[Optional[str], typer.Argument(help="Print this shipped recipe's YAML (to copy and edit).")] = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+):
+    """List the recipes shipped with crossget (`--recipe NAME` takes them), or print one."""
+    from crossget_cli.recipes import builtin_recipe_text, list_builtin_recipes, load_recipe
+    from crossget_cli.cli.render import recipes_table
+
+    if name is not None:
+        text = builtin_recipe_text(name)
+        if json_out:
+            print_json(load_recipe(name).to_dict())
+        else:
+            sys.stdout.write(text)
+        return
+    listing = [{**load_recipe(n).to_dict(), "name": n} for n in list_builtin_recipes()]
+    if json_out:
+        print_json(listing)
+    else:
+        stdout.print(recipes_table(listing))
+
+
+def _generation_settings(recipe: Optional[str], **flags) -> dict:
     """Generation/re-ranking settings: flags over the recipe's eval section over the defaults."""
     from crossget_cli.recipes import load_recipe
 

@@ -202,3 +202,20 @@ def generation_table(rows: list[dict]) -> Table:
             "-" if row["peak_memory_mb"] is None else f"{row['peak_memory_mb']:.0f}",
         )
     return table
+
+
+def recipes_table(recipes: list[dict]) -> Table:
+    table = Table(title="Shipped recipes (crossget compress --recipe NAME)")
+    for column in ("name", "model", "reduction", "fine-tuning", "evaluation"):
+        table.add_column(column)
+    for recipe in recipes:
+        model = recipe.get("model", {})
+        reduction = recipe.get("reduction", {})
+        table.add_row(
+            recipe["name"],
+            " ".join(str(v) for v in (model.get("source"), model.get("pretrained")) if v),
+            ", ".join(f"{k}={v}" for k, v in reduction.items()),
+            recipe.get("finetune", {}).get("objective", ""),
+            recipe.get("eval", {}).get("task", ""),
+        )
+    return table
