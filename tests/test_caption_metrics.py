@@ -13,16 +13,9 @@ from pathlib import Path
 import pytest
 
 from crossget_cli.errors import CrossGetError
-from crossget_cli.metrics import caption
-from crossget_cli.metrics.caption import (
-    bleu,
-    caption_scores,
-    cider_d,
-    ptb_tokenize,
-    rouge_l,
-    tokenize_caption,
-    tokenize_captions,
-)
+from crossget_cli.metrics import java_metrics
+from crossget_cli.metrics.caption import bleu, caption_scores, cider_d, rouge_l
+from crossget_cli.metrics.ptb_tokenizer import ptb_tokenize, tokenize_caption, tokenize_captions
 
 DATA = Path(__file__).parent / "data" / "metrics"
 COCO_NAMES = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"]
@@ -210,14 +203,16 @@ def test_tokenize_caption_rejects_non_strings():
 
 def test_meteor_spice_without_pycocoevalcap(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(caption.importlib.util, "find_spec", lambda name, *a: None if name == "pycocoevalcap" else real(name, *a))
+    monkeypatch.setattr(
+        java_metrics.importlib.util, "find_spec", lambda name, *a: None if name == "pycocoevalcap" else real(name, *a)
+    )
     with pytest.raises(CrossGetError, match="pycocoevalcap") as e:
         caption_scores({1: ["a dog"]}, {1: "a dog"}, meteor_spice=True)
     assert "pip install pycocoevalcap" in e.value.hint and "Java" in e.value.hint
 
 
 def test_meteor_spice_without_java(monkeypatch):
-    monkeypatch.setattr(caption.shutil, "which", lambda name: None)
+    monkeypatch.setattr(java_metrics.shutil, "which", lambda name: None)
     with pytest.raises(CrossGetError, match="Java runtime") as e:
         caption_scores({1: ["a dog"]}, {1: "a dog"}, meteor_spice=True)
     assert "java" in e.value.hint.lower()

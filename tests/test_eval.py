@@ -366,7 +366,7 @@ def _spice_offline(self, gts, res):
 
 
 @pytest.mark.skipif(
-    __import__("crossget_cli.metrics.caption", fromlist=["x"]).java_requirements_missing() != [],
+    __import__("crossget_cli.metrics.java_metrics", fromlist=["x"]).java_requirements_missing() != [],
     reason="METEOR needs pycocoevalcap and Java",
 )
 def test_meteor_is_reported_when_spice_fails(tmp_path, monkeypatch, capfd):
@@ -389,7 +389,7 @@ def test_meteor_is_reported_when_spice_fails(tmp_path, monkeypatch, capfd):
 def test_each_java_metric_stands_alone_and_stdout_stays_json(tmp_path, monkeypatch, capfd):
     """Without Java here, the same contract with both scorers stood in for: a
     scorer that prints and one that fails."""
-    from crossget_cli.metrics import caption
+    from crossget_cli.metrics import java_metrics
 
     class Meteor:
         def compute_score(self, gts, res):
@@ -399,8 +399,8 @@ def test_each_java_metric_stands_alone_and_stdout_stays_json(tmp_path, monkeypat
     class Spice:
         compute_score = _spice_offline
 
-    monkeypatch.setattr(caption, "java_requirements_missing", lambda: [])
-    monkeypatch.setattr(caption, "_java_scorer", lambda name: {"METEOR": Meteor, "SPICE": Spice}[name]())
+    monkeypatch.setattr(java_metrics, "java_requirements_missing", lambda: [])
+    monkeypatch.setattr(java_metrics, "_java_scorer", lambda name: {"METEOR": Meteor, "SPICE": Spice}[name]())
     args, label = _caption_predictions(tmp_path)
     result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
@@ -415,9 +415,9 @@ def test_each_java_metric_stands_alone_and_stdout_stays_json(tmp_path, monkeypat
 
 def test_install_hint_keeps_its_extra(tmp_path, monkeypatch):
     """Notes are printed as written: ``[coco]`` is not read as Rich markup."""
-    from crossget_cli.metrics import caption
+    from crossget_cli.metrics import java_metrics
 
-    monkeypatch.setattr(caption, "java_requirements_missing", lambda: ["a Java runtime"])
+    monkeypatch.setattr(java_metrics, "java_requirements_missing", lambda: ["a Java runtime"])
     args, _ = _caption_predictions(tmp_path)
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output

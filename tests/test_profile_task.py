@@ -11,14 +11,9 @@ import torch
 import crossget_cli
 from crossget_cli.errors import CrossGetError
 from crossget_cli.profile.flops import model_macs
-from crossget_cli.profile.speed import (
-    SCHEMA_VERSION,
-    ProfileConfig,
-    ProfileReport,
-    plot_report,
-    profile_model,
-    tokens_per_layer,
-)
+from crossget_cli.profile.plot import plot_report
+from crossget_cli.profile.results import SCHEMA_VERSION, ProfileReport
+from crossget_cli.profile.speed import ProfileConfig, profile_model, tokens_per_layer
 from tiny_models import TINY, hf_tiny, hf_tiny_config, openclip_tiny
 
 FAST = dict(batch_sizes=[1, 2], warmup=1, repeats=2, threads=1)

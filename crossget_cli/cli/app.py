@@ -502,7 +502,8 @@ def profile(
     from crossget_cli.adapters.patching import reduction_config
     from crossget_cli.loading.models import load_model
     from crossget_cli.files import check_writable, write_atomic
-    from crossget_cli.profile.speed import ProfileConfig, check_cuda_graphs, plot_report, profile_model
+    from crossget_cli.profile.plot import plot_report
+    from crossget_cli.profile.speed import ProfileConfig, check_cuda_graphs, profile_model
     from crossget_cli.cli.render import profile_table, progress_bar
 
     if cuda_graphs:  # refused before a model is loaded

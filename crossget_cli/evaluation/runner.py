@@ -163,7 +163,8 @@ def _caption_metrics(data, captions: dict[str, str], notes: list[str]) -> dict[s
     """BLEU, CIDEr, ROUGE-L always; METEOR and SPICE each when it can be computed
     (pycocoevalcap and Java installed; SPICE also needs CoreNLP), else skipped
     with a note of its own."""
-    from crossget_cli.metrics.caption import caption_scores, java_requirements_missing
+    from crossget_cli.metrics.caption import caption_scores
+    from crossget_cli.metrics.java_metrics import java_requirements_missing
 
     ids = [str(i) for i in (data.image_ids or range(len(data.image_paths)))]
     unknown = sorted(set(captions) - set(ids))

@@ -54,10 +54,6 @@ _CORE_FUNCTIONS = {
 }
 
 
-def _shape(t) -> list[int]:
-    return list(t.shape)
-
-
 # -- MAC formulas: each returns [(kind, macs), ...] ---------------------------
 
 

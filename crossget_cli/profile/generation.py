@@ -156,9 +156,10 @@ def profile_generation(
     ``generation_calls`` on one random image batch. ``model`` is not changed."""
     import copy
 
-    from crossget_cli.adapters.registry import find_adapter
     from crossget_cli.adapters.patching import patch, unpatch
-    from crossget_cli.profile.speed import share_weights_copy, run_label
+    from crossget_cli.adapters.registry import find_adapter
+    from crossget_cli.profile.results import run_label
+    from crossget_cli.profile.speed import share_weights_copy
 
     adapter = find_adapter(model)
     if not hasattr(adapter, "generation_calls"):

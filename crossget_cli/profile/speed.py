@@ -21,50 +21,48 @@ All settings are measured in the same process and **interleaved**: every
 repeat times each setting once (in a rotating order), so machine noise hits
 the original and the compressed models alike. Ratios to the original are
 reported for every run.
+
+The report's types are in :mod:`.results`, the measuring pieces (timing
+statistics, the profiled forward) in :mod:`.timing`, and :func:`.plot.plot_report`
+draws a report.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import math
 import re
 import time
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import product
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from crossget_cli.adapters.patching import patch, unpatch
 from crossget_cli.config import METHODS, plain_r, validate_r
+from crossget_cli.core.state import REDUCE_LABEL
 from crossget_cli.errors import CrossGetError
-from crossget_cli.core.state import REDUCE_LABEL, time_reductions
-from crossget_cli.profile.cpu_memory import peak_allocated_bytes
+from crossget_cli.loading.formats import DTYPES
 from crossget_cli.profile.cuda_graphs import capture_graph, require_cuda_graphs
 from crossget_cli.profile.flops import model_macs
-from crossget_cli.loading.formats import DTYPES
 from crossget_cli.profile.report import tokens_per_layer
+from crossget_cli.profile.results import ProfileReport, RunResult, div_or_none, ratios_to_original, run_label
+from crossget_cli.profile.timing import dynamo_limits, measurement_methods, num_threads, profiled_forward, timing_stats
 
 __all__ = [
     "DTYPES",
     "REDUCE_LABEL",
-    "SCHEMA_VERSION",
     "ProfileConfig",
-    "ProfileReport",
-    "RunResult",
     "check_cuda_graphs",
-    "plot_report",
     "profile_model",
     "tokens_per_layer",
 ]
 
-SCHEMA_VERSION = 1
 _DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
 TOWER_CHOICES = ("both", "image", "text")
-_FORWARD_LABEL = "crossget.forward"
 
 Progress = Callable[[int, int, str], None]
 
@@ -218,215 +216,6 @@ class ProfileConfig:
         }
 
 
-# --------------------------------------------------------------------------- report
-
-
-def run_label(vision_r, text_r, method: str = "crossget") -> str:
-    """``"original"`` for the baseline, else e.g. ``"rv16_rl6"`` (CrossGET) or
-    ``"tome_rv16_rl6"``."""
-    if method == "none":
-        return "original"
-
-    def part(r):
-        return str(r) if isinstance(r, int) else "[" + ",".join(map(str, r)) + "]"
-
-    prefix = "" if method == "crossget" else f"{method}_"
-    return f"{prefix}rv{part(vision_r)}_rl{part(text_r)}"
-
-
-@dataclass
-class RunResult:
-    """One setting's measurements. Per-tower dicts are keyed ``"image"``,
-    ``"text"`` and ``"pair"`` (one image + one caption, when both are measured);
-    per-batch dicts by the batch size as a string (JSON keys)."""
-
-    vision_r: Any
-    text_r: Any
-    method: str
-    image_gmacs: float | None
-    text_gmacs: float | None
-    gmacs: float
-    macs_by_kind: dict
-    tokens_per_layer: dict[str, list[int]]
-    throughput: dict[str, dict[str, float]] = field(default_factory=dict)
-    throughput_spread: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
-    time_ms: dict[str, dict[str, float]] = field(default_factory=dict)
-    latency_ms: dict[str, float] = field(default_factory=dict)
-    peak_memory_mb: dict[str, float | None] = field(default_factory=dict)
-    matching_ms: dict[str, float | None] = field(default_factory=dict)
-    matching_fraction: dict[str, float | None] = field(default_factory=dict)
-    ratios: dict = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return run_label(self.vision_r, self.text_r, self.method)
-
-    def to_dict(self) -> dict:
-        return {
-            "label": self.label,
-            "method": self.method,
-            "vision_r": plain_r(self.vision_r),
-            "text_r": plain_r(self.text_r),
-            "image_gmacs": self.image_gmacs,
-            "text_gmacs": self.text_gmacs,
-            "gmacs": self.gmacs,
-            "macs_by_kind_gmacs": self.macs_by_kind,
-            "tokens_per_layer": self.tokens_per_layer,
-            "throughput": self.throughput,
-            "throughput_spread": self.throughput_spread,
-            "time_ms": self.time_ms,
-            "latency_ms": self.latency_ms,
-            "peak_memory_mb": self.peak_memory_mb,
-            "matching_ms": self.matching_ms,
-            "matching_fraction": self.matching_fraction,
-            "ratios": self.ratios,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> "RunResult":
-        names = {f for f in cls.__dataclass_fields__}
-        kwargs = {k: v for k, v in data.items() if k in names}
-        kwargs["macs_by_kind"] = data.get("macs_by_kind_gmacs", {})
-        return cls(**kwargs)
-
-
-@dataclass
-class ProfileReport:
-    """The result of :func:`profile_model`; ``runs[0]`` is the original model."""
-
-    model: str
-    device: str
-    dtype: str
-    threads: int
-    batch_sizes: list[int]
-    towers: list[str]
-    compile: bool
-    warmup: int
-    repeats: int
-    profile_batch: int
-    memory_method: str
-    matching_method: str
-    runs: list[RunResult]
-    cuda_graphs: bool = False
-    torch_version: str = torch.__version__
-    schema_version: int = SCHEMA_VERSION
-
-    @property
-    def original(self) -> RunResult:
-        return self.runs[0]
-
-    def to_dict(self) -> dict:
-        return {
-            "schema_version": self.schema_version,
-            "model": self.model,
-            "device": self.device,
-            "dtype": self.dtype,
-            "threads": self.threads,
-            "compile": self.compile,
-            "cuda_graphs": self.cuda_graphs,
-            "batch_sizes": list(self.batch_sizes),
-            "towers": list(self.towers),
-            "warmup": self.warmup,
-            "repeats": self.repeats,
-            "profile_batch": self.profile_batch,
-            "memory_method": self.memory_method,
-            "matching_method": self.matching_method,
-            "macs_convention": "fvcore MACs (the paper's GFLOPs): 1 image + 1 full-length caption; FLOPs = 2 x MACs",
-            "timing": "interleaved round-robin over all runs; median of repeats; spread = min/max and quartiles"
-            + (
-                "; each timed call is a CUDA graph replay (input copy + replay), captured once per run, tower and batch size"
-                if self.cuda_graphs
-                else ""
-            ),
-            "torch_version": self.torch_version,
-            "runs": [run.to_dict() for run in self.runs],
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> "ProfileReport":
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise CrossGetError(
-                f"profile report schema_version {data.get('schema_version')!r} is not supported",
-                f"this version reads schema_version {SCHEMA_VERSION}",
-            )
-        names = {f for f in cls.__dataclass_fields__}
-        kwargs = {k: v for k, v in data.items() if k in names and k != "runs"}
-        return cls(runs=[RunResult.from_dict(r) for r in data["runs"]], **kwargs)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if len(sorted_values) == 1:
-        return sorted_values[0]
-    pos = q * (len(sorted_values) - 1)
-    low = math.floor(pos)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
-
-
-def _stats(times: list[float], items: int) -> tuple[float, float, dict]:
-    """(median seconds, items/s at the median, spread of items/s)."""
-    s = sorted(times)
-    median = _percentile(s, 0.5)
-    spread = {
-        "min": items / s[-1],
-        "q1": items / _percentile(s, 0.75),
-        "q3": items / _percentile(s, 0.25),
-        "max": items / s[0],
-    }
-    return median, items / median, spread
-
-
-@contextmanager
-def _num_threads(threads: int | None):
-    if threads is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-@contextmanager
-def _dynamo_limits(entries: int, enabled: bool):
-    """Every setting is one more cache entry for the same code objects: raise
-    dynamo's recompile limits for the run so that no setting falls back to eager."""
-    if not enabled:
-        yield
-        return
-    import torch._dynamo.config as dynamo_config
-
-    saved = {}
-    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
-        if hasattr(dynamo_config, name):
-            saved[name] = getattr(dynamo_config, name)
-            setattr(dynamo_config, name, max(saved[name], entries))
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(dynamo_config, name, value)
-
-
-def _top_level(events, name: str):
-    """Events named ``name`` that are not nested in another event of that name."""
-    found = []
-    for event in events:
-        if event.name != name:
-            continue
-        parent = event.cpu_parent
-        while parent is not None and parent.name != name:
-            parent = parent.cpu_parent
-        if parent is None:
-            found.append(event)
-    return found
-
-
 @dataclass
 class _Variant:
     vision_r: Any
@@ -530,7 +319,7 @@ def profile_model(
             examples["text", b] = inputs.example_texts(b).to(device)
 
     results = []
-    with _num_threads(config.threads), _dynamo_limits(4 * len(variants) * len(sizes) * len(towers) + 8, config.compile):
+    with num_threads(config.threads), dynamo_limits(4 * len(variants) * len(sizes) * len(towers) + 8, config.compile):
         # MACs and token counts (uncompiled, one image + one caption).
         for variant in variants:
             macs = model_macs(variant.model, adapter)
@@ -580,26 +369,26 @@ def profile_model(
             # One profiled (eager) forward per setting and tower: reduction
             # time and, on CPU, memory; CUDA memory from the timed callable
             # (the eager one with CUDA graphs: a replay allocates nothing).
-            memory_method, matching_method = _methods(cuda, profile_batch, config.compile, config.cuda_graphs)
+            memory_method, matching_method = measurement_methods(cuda, profile_batch, config.compile, config.cuda_graphs)
             for i, variant in enumerate(variants):
                 result, profiled_ms = results[i], {}
                 for tower in towers:
                     x = examples[tower, profile_batch]
-                    memory, reduce_ms, profiled_ms[tower] = _profiled_forward(
+                    memory, reduce_ms, profiled_ms[tower] = profiled_forward(
                         eager_calls[i, tower], variant.calls[tower], x, cuda, sync, device
                     )
                     result.peak_memory_mb[tower] = memory
                     result.matching_ms[tower] = reduce_ms
-                    result.matching_fraction[tower] = _div(reduce_ms, profiled_ms[tower])
+                    result.matching_fraction[tower] = div_or_none(reduce_ms, profiled_ms[tower])
                     step(f"profiled {tower} of {variant.label}")
                 if len(towers) == 2:
                     result.matching_ms["pair"] = sum(result.matching_ms[t] for t in towers)
-                    result.matching_fraction["pair"] = _div(result.matching_ms["pair"], sum(profiled_ms.values()))
+                    result.matching_fraction["pair"] = div_or_none(result.matching_ms["pair"], sum(profiled_ms.values()))
 
     for i, result in enumerate(results):
         _fill_timing(result, i, times, towers, config.batch_sizes)
     for result in results:
-        result.ratios = _ratios(result, results[0])
+        result.ratios = ratios_to_original(result, results[0])
 
     return ProfileReport(
         model=model_name or _model_name(model),
@@ -619,80 +408,11 @@ def profile_model(
     )
 
 
-def _div(a, b):
-    return None if a is None or b in (None, 0) else a / b
-
-
 def _encoder_call(encode: Callable, model: nn.Module) -> Callable:
     def call(x: torch.Tensor) -> torch.Tensor:
         return encode(model, x)
 
     return call
-
-
-def _methods(cuda: bool, batch: int, compiled: bool, graphed: bool = False) -> tuple[str, str]:
-    eager = " (eager, uncompiled forward)" if compiled else " (eager forward, not a CUDA graph replay)" if graphed else ""
-    if cuda:
-        memory = (
-            f"cuda: torch.cuda.max_memory_allocated() during one forward at batch {batch}, after "
-            "reset_peak_memory_stats(), minus memory_allocated() before it (activations and workspaces; weights excluded)"
-            + (" (eager forward: a CUDA graph replay allocates nothing)" if graphed else "")
-        )
-        matching = (
-            f"device time of the '{REDUCE_LABEL}' record_function ranges (matching + merging) in one torch.profiler "
-            f"forward at batch {batch}{eager}; fraction of that forward's device time"
-        )
-    else:
-        memory = (
-            f"cpu: peak of the bytes of tensors created during one forward at batch {batch} and alive at once "
-            "(a dispatch mode tracking each storage from the op that returns it to its release); weights and inputs "
-            f"excluded; not the process RSS (allocator caching and memory BLAS/oneDNN take outside tensors are not seen){eager}"
-        )
-        matching = (
-            f"CPU wall time of the reduction steps (matching + merging; host timers, no profiler) in one forward "
-            f"at batch {batch}{eager}; fraction of that forward's wall time"
-        )
-    return memory, matching
-
-
-def _profiled_forward(
-    call: Callable, timed_call: Callable, x: torch.Tensor, cuda: bool, sync: Callable, device
-) -> tuple[float | None, float, float]:
-    """(peak memory MB, reduction ms, forward ms): the reduction time and the
-    forward time from one instrumented run of ``call``; the memory from one run
-    of ``timed_call`` (the callable that was timed) on CUDA, of ``call`` on the CPU.
-
-    The CPU needs no profiler: host timers are the measure there, and a dispatch
-    mode counts the memory (Kineto would print to stderr and probe for a GPU)."""
-    if not cuda:
-        with time_reductions() as steps:
-            start = time.perf_counter()
-            call(x)
-            forward_s = time.perf_counter() - start
-        memory = peak_allocated_bytes(call, x) / 2**20
-        return memory, sum(steps) * 1e3, forward_s * 1e3
-
-    from torch.profiler import ProfilerActivity, profile, record_function
-
-    sync()
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    timed_call(x)
-    sync()
-    memory = (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    sync()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        with record_function(_FORWARD_LABEL):
-            call(x)
-        sync()
-    events = prof.events()
-
-    def total_us(event) -> float:
-        return event.device_time_total or event.cpu_time_total
-
-    reduce_us = sum(total_us(e) for e in _top_level(events, REDUCE_LABEL))
-    forward_us = sum(total_us(e) for e in _top_level(events, _FORWARD_LABEL))
-    return memory, reduce_us / 1e3, forward_us / 1e3
 
 
 def _fill_timing(result: RunResult, index: int, times: dict, towers: list[str], batch_sizes: Sequence[int]) -> None:
@@ -707,104 +427,10 @@ def _fill_timing(result: RunResult, index: int, times: dict, towers: list[str], 
     for name in names:
         result.throughput[name], result.throughput_spread[name], result.time_ms[name] = {}, {}, {}
         for b in sorted({b for (n, b) in series if n == name}):
-            median, items_per_s, spread = _stats(series[name, b], b)
+            median, items_per_s, spread = timing_stats(series[name, b], b)
             result.time_ms[name][str(b)] = median * 1e3
             if b in batch_sizes:
                 result.throughput[name][str(b)] = items_per_s
                 result.throughput_spread[name][str(b)] = spread
             if b == 1:
                 result.latency_ms[name] = median * 1e3
-
-
-def _ratios(run: RunResult, original: RunResult) -> dict:
-    div = _div
-    return {
-        "gmacs": div(run.gmacs, original.gmacs),
-        "image_gmacs": div(run.image_gmacs, original.image_gmacs),
-        "text_gmacs": div(run.text_gmacs, original.text_gmacs),
-        "throughput": {
-            name: {b: div(v, original.throughput.get(name, {}).get(b)) for b, v in per_b.items()}
-            for name, per_b in run.throughput.items()
-        },
-        "latency": {name: div(original.latency_ms.get(name), v) for name, v in run.latency_ms.items()},
-    }
-
-
-# --------------------------------------------------------------------------- plot
-
-
-def _accuracy_of(run: RunResult, accuracy: Mapping) -> Any:
-    keys = [run.label]
-    if run.method == "none":
-        keys += ["none", "baseline", None]
-    else:
-        v = run.vision_r if isinstance(run.vision_r, int) else tuple(run.vision_r)
-        t = run.text_r if isinstance(run.text_r, int) else tuple(run.text_r)
-        keys += [(v, t)]
-    for key in keys:
-        if key in accuracy:
-            return accuracy[key]
-    return None
-
-
-def plot_report(report: "ProfileReport | Mapping", path, accuracy: Mapping | None = None) -> None:
-    """Write a PNG: throughput (items/s at the largest batch size) and GMACs of
-    every run, against the setting (r); accuracy as a third panel when
-    ``accuracy`` maps runs to a number or to ``{metric: number}``. A run's key
-    is its label (``"original"``, ``"rv16_rl6"``) or ``(vision_r, text_r)``
-    (``"none"`` also names the original)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    if not isinstance(report, ProfileReport):
-        report = ProfileReport.from_dict(report)
-    runs = report.runs
-    labels = [run.label for run in runs]
-    xs = list(range(len(runs)))
-    batch = str(max(report.batch_sizes))
-    panels = 3 if accuracy else 2
-    fig = Figure(figsize=(4.2 * panels + 1, 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, panels, squeeze=False)[0]
-
-    ax = axes[0]
-    for name in ("image", "text", "pair"):
-        values = [run.throughput.get(name, {}).get(batch) for run in runs]
-        if any(v is not None for v in values):
-            ax.plot(xs, [math.nan if v is None else v for v in values], marker="o", label=name)
-    ax.set_title(f"throughput, batch {batch} ({report.device}, {report.dtype})")
-    ax.set_ylabel("items / s")
-
-    ax = axes[1]
-    for name, attr in (("image", "image_gmacs"), ("text", "text_gmacs"), ("pair", "gmacs")):
-        values = [getattr(run, attr) for run in runs]
-        if name == "pair" and len(report.towers) < 2 and (runs[0].image_gmacs is None or runs[0].text_gmacs is None):
-            continue
-        if any(v is not None for v in values):
-            ax.plot(xs, [math.nan if v is None else v for v in values], marker="s", label=name)
-    ax.set_title("GMACs (1 image + 1 caption)")
-    ax.set_ylabel("GMACs")
-
-    if accuracy:
-        ax = axes[2]
-        values = [_accuracy_of(run, accuracy) for run in runs]
-        metrics = sorted({m for v in values if isinstance(v, Mapping) for m in v}) or [None]
-        for metric in metrics:
-            ys = []
-            for v in values:
-                if isinstance(v, Mapping):
-                    v = v.get(metric)
-                ys.append(math.nan if v is None else float(v))
-            ax.plot(xs, ys, marker="^", label=metric or "accuracy")
-        ax.set_title("accuracy")
-        ax.set_ylabel("accuracy")
-
-    for ax in axes:
-        ax.set_xticks(xs)
-        ax.set_xticklabels(labels, rotation=30, ha="right")
-        ax.set_xlabel("setting (r per layer)")
-        ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="small")
-    fig.suptitle(report.model)
-    fig.savefig(path, format="png", dpi=110)
