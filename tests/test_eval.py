@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import crossget_cli
+from crossget_cli.adapters.base import Adapter
 from crossget_cli.cli.app import app
 from crossget_cli.metrics.retrieval import retrieval_recall
 from reference_metrics import brute_force_recall
@@ -244,7 +245,7 @@ def test_vqa_predictions_match_the_official_code(tmp_path):
         assert any(question_type in line and f"{value:.2f}" in line for line in table.stdout.splitlines()), question_type
 
 
-class _EchoGenerator:
+class _EchoGenerator(Adapter):
     """A generating adapter stand-in: answers with the image's mean red value
     bucket, so the test can tell that images and questions stay aligned."""
 
@@ -252,6 +253,9 @@ class _EchoGenerator:
 
     def __init__(self):
         self.questions = []
+
+    def tasks(self, model):
+        return ("captioning", "vqa")
 
     def answer_questions(self, model, images, questions, **generation):
         self.questions += questions

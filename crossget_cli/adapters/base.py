@@ -17,12 +17,15 @@ from torch import nn
 
 from crossget_cli.config import ReductionConfig
 from crossget_cli.core import constants, token_schedule
+from crossget_cli.adapters.generation import GenerationCalls
 from crossget_cli.errors import CrossGetError
 
 CONFIG_ATTR = "crossget_config"
 SCHEDULE_ATTR = "crossget_schedule"
 METHOD_ATTR = "crossget_method"
 PARENT_ATTR = "_crossget_parent"
+#: The ``crossget eval`` tasks whose answers are generated text.
+GENERATIVE_TASKS = ("captioning", "vqa", "multiple-choice")
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,49 @@ class Adapter:
         """Projected text features ``[N, E]`` (not normalised). ``token_embeddings``
         (``[N, T, D]``) replace the token-embedding lookup (prompt learning, e.g.
         CoOp); ``token_ids`` still locate EOT."""
+        raise NotImplementedError
+
+    # -- what a model of this family can do: jobs ask here, never by family name ------------
+
+    def tasks(self, model: nn.Module) -> tuple[str, ...]:
+        """The ``crossget eval`` tasks ``model`` runs. Dual encoders retrieve and
+        classify; a family whose models carry task heads answers per model."""
+        return ("retrieval", "zeroshot")
+
+    def require_task(self, model: nn.Module, task: str) -> None:
+        """Raise a :class:`CrossGetError` saying what ``task`` needs when ``model``
+        cannot run it (families may name the model class that can)."""
+        tasks = self.tasks(model)
+        if task not in tasks:
+            why = ": the task needs a model that generates text" if task in GENERATIVE_TASKS and not self.generates(model) else ""
+            raise CrossGetError(
+                f"{type(model).__name__} ({self.description}) does not run task {task!r}{why}",
+                f"use --task {' or '.join(tasks)}" if tasks else "evaluate another model",
+            )
+
+    def generates(self, model: nn.Module) -> bool:
+        """Whether ``model`` generates text: :meth:`generation_calls` and the generative tasks."""
+        return any(task in GENERATIVE_TASKS for task in self.tasks(model))
+
+    def reranks(self, model: nn.Module) -> bool:
+        """Whether ``model`` has an image-text matching head (:meth:`itm_scores`) that
+        re-ranks retrieval's ITC top k."""
+        return False
+
+    def itm_scores(self, model: nn.Module, image_tokens: torch.Tensor, sizes: torch.Tensor | None, token_ids: torch.Tensor):
+        """ITM logits of captions ``token_ids`` against one image's tokens (when :meth:`reranks`)."""
+        raise NotImplementedError
+
+    def generation_calls(self, model: nn.Module, images: torch.Tensor, prompt_length: int = 8) -> GenerationCalls:
+        """The prefill and decode calls ``crossget profile`` times (when :meth:`generates`)."""
+        raise NotImplementedError
+
+    def generate_captions(self, model: nn.Module, images: torch.Tensor, tokenizer=None, prompt=None, **generation) -> list[str]:
+        raise NotImplementedError
+
+    def answer_questions(
+        self, model: nn.Module, images: torch.Tensor, questions, tokenizer=None, prompt=None, **generation
+    ) -> list[str]:
         raise NotImplementedError
 
     def cross_norm_and_projection(self, model: nn.Module, modality: str) -> tuple[nn.LayerNorm, torch.Tensor]:

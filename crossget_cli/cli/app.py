@@ -539,7 +539,7 @@ def profile(
         report = profile_model(loaded.model, config, progress=advance, model_name=loaded.source)
     data = report.to_dict()
     if generation is None:
-        generation = hasattr(adapter, "generation_calls") and _generates(loaded.model)
+        generation = adapter.generates(loaded.model)
     if generation:
         from crossget_cli.profile.generation import profile_generation
 
@@ -567,22 +567,6 @@ def profile(
             from crossget_cli.cli.render import generation_table
 
             stdout.print(generation_table(data["generation"]))
-
-
-def _generates(model) -> bool:
-    """Whether a model with a generative adapter has a head that generates."""
-    from crossget_cli.adapters.registry import find_adapter
-
-    adapter = find_adapter(model)
-    try:
-        adapter.require_task(model, "captioning")
-        return True
-    except CrossGetError:
-        try:
-            adapter.require_task(model, "vqa")
-            return True
-        except CrossGetError:
-            return False
 
 
 @app.command("eval")

@@ -6,19 +6,20 @@ Tasks: ``retrieval`` (recall@1/5/10 both ways, :mod:`.retrieval`) and
 ``multiple-choice`` (ScienceQA/MMBench style, :mod:`.choice`) asks a generative
 model to pick an option letter and scores accuracy.
 ``captioning`` and ``vqa`` score generated text with :mod:`.metrics`: either
-text a model generates through its adapter (the :class:`Generator` protocol,
-which generative adapters implement) or prediction files written elsewhere
+text a model generates through its adapter (which says what a model can do:
+:meth:`~crossget_cli.adapters.base.Adapter.tasks`) or prediction files written elsewhere
 (COCO caption results, VQAv2 results), scored with :func:`evaluate_predictions`.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 
+from crossget_cli.adapters.base import Adapter
 from crossget_cli.adapters.registry import find_adapter
 from crossget_cli.errors import CrossGetError
 from crossget_cli.adapters.model_io import ModelIO
@@ -29,14 +30,6 @@ from crossget_cli.loading.models import load_model
 SCHEMA_VERSION = 1
 TASKS = ("retrieval", "zeroshot", "captioning", "vqa", "multiple-choice")
 Progress = Callable[[str, int, int], None]
-
-
-class Generator(Protocol):
-    """What a generative adapter offers ``captioning`` and ``vqa``."""
-
-    def generate_captions(self, model, images: torch.Tensor, **generation) -> list[str]: ...
-
-    def answer_questions(self, model, images: torch.Tensor, questions: Sequence[str], **generation) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -108,9 +101,7 @@ def evaluate(
     notes: list[str] = []
     for source in models:
         io = model_io(load_model(source, pretrained), config.device, config.dtype)
-        check = getattr(find_adapter(io.model), "require_task", None)
-        if check is not None:  # a model with task heads (BLIP) says which tasks it has
-            check(io.model, config.task)
+        find_adapter(io.model).require_task(io.model, config.task)
         label = _unique_label(source, results)
         results[label] = _TASK_RUNNERS[config.task](io, data, config, _bind(progress, label), notes)
     return _report(config, results, data, notes)
@@ -312,7 +303,7 @@ def _run_retrieval(io: ModelIO, data, config: EvalConfig, report, notes: list[st
     texts = io.encode_texts(data.captions, config.batch_size)
     report(len(data.captions), len(data.captions), "captions")
     adapter = find_adapter(io.model)
-    if config.itm_k > 0 and hasattr(adapter, "itm_scores"):
+    if config.itm_k > 0 and adapter.reranks(io.model):
         rerank = _itm_reranker(io, adapter, data, config, report)
         _note(notes, f"retrieval re-ranks the ITC top {config.itm_k} with the ITM head (--itm-k)")
         scores = retrieval_recall(images, texts, data.caption_to_image, rerank=rerank, rerank_k=config.itm_k)
@@ -426,14 +417,9 @@ def _exported_eval_spec(source: str):
     return load_recipe(recipe_file).eval if recipe_file.is_file() else None
 
 
-def _generator(io: ModelIO, task: str) -> Generator:
+def _generator(io: ModelIO, task: str) -> Adapter:
     adapter = find_adapter(io.model)
-    method = "generate_captions" if task == "captioning" else "answer_questions"
-    if not hasattr(adapter, method):
-        raise CrossGetError(
-            f"task {task!r} needs a model that generates text; {adapter.name} models ({adapter.description}) do not",
-            "use retrieval or zeroshot for CLIP-style models",
-        )
+    adapter.require_task(io.model, task)
     return adapter
 
 

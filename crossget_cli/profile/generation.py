@@ -162,7 +162,7 @@ def profile_generation(
     from crossget_cli.profile.speed import share_weights_copy
 
     adapter = find_adapter(model)
-    if not hasattr(adapter, "generation_calls"):
+    if not adapter.generates(model):
         raise CrossGetError(f"{adapter.name} models do not generate text", "profile them without --generation")
     base = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
     images = adapter.inputs(model).example_images(batch).to(device=device, dtype=dtype)

@@ -354,8 +354,12 @@ class BlipAdapter(Adapter):
     def matches(cls, model: nn.Module) -> bool:
         return _kind(model) is not None
 
-    def kind(self, model: nn.Module) -> str:
-        return _kind(model)
+    def tasks(self, model: nn.Module) -> tuple[str, ...]:
+        kind = _kind(model)  # one task head per model class
+        return (kind,) if kind else ()
+
+    def reranks(self, model: nn.Module) -> bool:
+        return _kind(model) == "retrieval"
 
     def towers(self, model: nn.Module) -> list[Tower]:
         towers = [vision_tower_spec(vision_tower(model))]

@@ -58,8 +58,11 @@ class Blip2Adapter(Adapter):
     def matches(cls, model: nn.Module) -> bool:
         return _kind(model) is not None
 
-    def kind(self, model: nn.Module) -> str:
-        return "captioning" if _kind(model) == "generation" else "retrieval"
+    def tasks(self, model: nn.Module) -> tuple[str, ...]:
+        return ("captioning", "vqa") if _kind(model) == "generation" else ("retrieval",)
+
+    def reranks(self, model: nn.Module) -> bool:
+        return _kind(model) == "retrieval"
 
     def towers(self, model: nn.Module) -> list[Tower]:
         return [vision_tower_spec(vision_tower(model))]

@@ -230,6 +230,11 @@ class HFClipAdapter(Adapter):
                 eot = cfg.eos_token_id if cfg.eos_token_id not in (None, 2) and cfg.eos_token_id < vocab else vocab - 1
         return ModelInputs(image_size, context, vocab, sot, eot)
 
+    def tasks(self, model: nn.Module) -> tuple[str, ...]:
+        """Both towers retrieve and classify; a lone tower (CLIPVisionModel, ...) only encodes."""
+        both = {modality for modality, _ in _find_towers(model)} == {"vision", "text"}
+        return super().tasks(model) if both else ()
+
     def encode_image(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         if hasattr(model, "get_image_features"):
             out = model.get_image_features(pixel_values=images)

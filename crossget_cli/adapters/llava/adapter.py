@@ -309,11 +309,8 @@ class LlavaAdapter(Adapter):
     #: LLaVA-1.5 evaluates greedily.
     generation_defaults = {"num_beams": 1}
 
-    def require_task(self, model: nn.Module, task: str) -> None:
-        if task not in self.prompt_templates:
-            raise CrossGetError(
-                f"LLaVA answers questions; it has no head for task {task!r}", f"use --task {' or '.join(self.prompt_templates)}"
-            )
+    def tasks(self, model: nn.Module) -> tuple[str, ...]:
+        return tuple(self.prompt_templates)
 
     def answer_questions(
         self, model: nn.Module, images: torch.Tensor, questions: Sequence[str], tokenizer=None, prompt=None, **generation
