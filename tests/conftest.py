@@ -23,7 +23,7 @@ def _easy_vqa_wheel_once():
     """Tests point CROSSGET_CACHE at temporary folders; the easy-vqa wheel the
     shapes benchmark reads is fetched once (into the default cache) and shared."""
     from crossget_cli.errors import CrossGetError
-    from crossget_cli.data.shapes import easy_vqa_wheel
+    from crossget_cli.data.easy_vqa import easy_vqa_wheel
 
     if "CROSSGET_EASY_VQA_WHEEL" in os.environ:
         yield

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from crossget_cli.cli.app import app
-from crossget_cli.data import shapes
+from crossget_cli.data import builtin, shapes
 from crossget_cli.loading.models import BUILTIN_MODELS
 
 runner = CliRunner()
@@ -24,7 +24,7 @@ def first_test_composites(tmp_path_factory):
     """The first N composites of the shipped test split: composite i depends only on
     (seed, split, i), so these are the same pixels as in builtin:shapes-test."""
     folder = tmp_path_factory.mktemp("shapes") / "data"
-    return shapes.write_dataset(folder, shapes.DEFAULT, {"test": N})
+    return builtin.write_dataset(folder, shapes.DEFAULT, {"test": N})
 
 
 def test_shipped_model_gives_the_recorded_accuracy(first_test_composites):

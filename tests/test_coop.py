@@ -31,7 +31,7 @@ from crossget_cli.train.coop import (
     token_embedding,
     train_coop,
 )
-from crossget_cli.data.formats import load_classification
+from crossget_cli.data.classification import load_classification
 from crossget_cli.adapters.model_io import ModelIO
 from crossget_cli.loading.preprocessing import model_io
 from crossget_cli.adapters.model_io import LoadedModel
@@ -352,7 +352,7 @@ def test_compress_finetune_coop_then_eval_uses_the_learned_prompts(tmp_path):
 
     from crossget_cli.cli.app import app
     from crossget_cli.train.coop import evaluate_coop, load_prompts
-    from crossget_cli.data.formats import load_classification
+    from crossget_cli.data.classification import load_classification
 
     runner = CliRunner()
     save_openclip_folder(tmp_path / "tiny")

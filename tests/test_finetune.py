@@ -244,7 +244,7 @@ def test_validation_keeps_the_best_epoch(shapes, tiny, tmp_path):
     from crossget_cli.metrics.retrieval import retrieval_recall
 
     io = model_io(load_model(str(out)))
-    from crossget_cli.data.formats import load_retrieval
+    from crossget_cli.data.retrieval import load_retrieval
 
     data = load_retrieval(str(shapes / "data.json"), split="train")
     batches = (images for _, images in torch.utils.data.DataLoader(data.image_dataset(io.transform), batch_size=64))

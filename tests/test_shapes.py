@@ -1,4 +1,4 @@
-"""The easy-VQA composite benchmark (crossget_cli.data.shapes)."""
+"""The easy-VQA composite benchmark (crossget_cli.data.shapes, .easy_vqa, .builtin)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from crossget_cli.data import builtin, easy_vqa, shapes
+from crossget_cli.data.retrieval import load_retrieval
 from crossget_cli.errors import CrossGetError
-from crossget_cli.data import shapes
-from crossget_cli.data.formats import load_retrieval
 
 SMALL = shapes.ShapesConfig(n_train=12, n_test=6, seed=3)
 
@@ -57,8 +57,8 @@ def test_train_and_test_are_disjoint():
     test = shapes.generate("test", 40, SMALL)
     assert not {c.image.tobytes() for c in train} & {c.image.tobytes() for c in test}
     # different source pools: easy-VQA train images for train, its test images for test
-    train_records, _ = shapes.source_images("train")
-    test_records, _ = shapes.source_images("test")
+    train_records, _ = easy_vqa.source_images("train")
+    test_records, _ = easy_vqa.source_images("test")
     assert len(train_records) == 4000 and len(test_records) == 1000
     assert max(o.source for c in test for o in c.objects) < 1000
     # within a composite no source image repeats
@@ -67,8 +67,8 @@ def test_train_and_test_are_disjoint():
 
 
 def test_captions_match_the_drawn_objects():
-    palette = np.array(list(shapes.COLORS.values()), dtype=np.float64)
-    names = list(shapes.COLORS)
+    palette = np.array(list(easy_vqa.COLORS.values()), dtype=np.float64)
+    names = list(easy_vqa.COLORS)
     for config in (SMALL, shapes.ShapesConfig(grid=(2, 3), object_size=40, crop=False, order="row-major", n_test=5)):
         size = config.object_size
         seen = 0
@@ -130,7 +130,7 @@ def test_hard_negatives_change_exactly_one_attribute():
 
 
 def test_written_json_loads_through_load_retrieval(tmp_path):
-    path = shapes.write_dataset(tmp_path / "shapes", SMALL)
+    path = builtin.write_dataset(tmp_path / "shapes", SMALL)
     assert path == tmp_path / "shapes" / "dataset_shapes.json"
     test = load_retrieval(path, split="test")
     train = load_retrieval(path, split="train")
@@ -140,7 +140,7 @@ def test_written_json_loads_through_load_retrieval(tmp_path):
     assert test.captions == [c.caption for c in expected]
     _, first = test.image_dataset()[0]
     assert first.tobytes() == expected[0].image.tobytes()  # PNG is lossless
-    negatives = shapes.load_hard_negatives(path, "test")
+    negatives = builtin.load_hard_negatives(path, "test")
     assert negatives == [list(c.hard_negatives) for c in expected]
     data = json.loads(path.read_text())
     entry = data["images"][0]
@@ -150,8 +150,8 @@ def test_written_json_loads_through_load_retrieval(tmp_path):
     assert only_test.captions == test.captions
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
     with pytest.raises(CrossGetError, match="already exists"):
-        shapes.write_dataset(tmp_path / "shapes", SMALL)
-    shapes.write_dataset(tmp_path / "shapes", SMALL, {"test": 2}, overwrite=True)
+        builtin.write_dataset(tmp_path / "shapes", SMALL)
+    builtin.write_dataset(tmp_path / "shapes", SMALL, {"test": 2}, overwrite=True)
     assert len(load_retrieval(path, split=None)) == 2
 
 
@@ -205,34 +205,34 @@ def test_config_forms_and_bad_calls():
     with pytest.raises(CrossGetError, match="split"):
         shapes.generate("validation", 1)
     with pytest.raises(CrossGetError, match="split"):
-        shapes.write_dataset("unused", SMALL, {"dev": 3})
+        builtin.write_dataset("unused", SMALL, {"dev": 3})
 
 
 def test_resolve_builtin_caches_and_reuses(tmp_path, monkeypatch):
     monkeypatch.setenv("CROSSGET_CACHE", str(tmp_path / "env-cache"))
     calls = []
-    real = shapes.write_dataset
-    monkeypatch.setattr(shapes, "write_dataset", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = builtin.write_dataset
+    monkeypatch.setattr(builtin, "write_dataset", lambda *a, **k: calls.append(a) or real(*a, **k))
     small = shapes.ShapesConfig(n_train=3, n_test=2)
-    path = shapes.resolve_builtin("builtin:shapes-test", config=small)
+    path = builtin.resolve_builtin("builtin:shapes-test", config=small)
     assert path == tmp_path / "env-cache" / f"shapes-{small.hash()}" / "dataset_shapes_test.json"
     assert len(load_retrieval(path, split=None)) == 2 and len(load_retrieval(path, split="test")) == 2
-    both = shapes.resolve_builtin("shapes", config=small)
+    both = builtin.resolve_builtin("shapes", config=small)
     assert both.name == "dataset_shapes.json" and len(load_retrieval(both, split="train")) == 3
-    assert shapes.resolve_builtin("builtin:shapes-train", config=small).parent == path.parent
+    assert builtin.resolve_builtin("builtin:shapes-train", config=small).parent == path.parent
     assert len(calls) == 1  # generated once, then re-used
     # a stored config that does not match is regenerated; an explicit cache_dir wins over the env
     meta = path.parent / "shapes_config.json"
     meta.write_text(meta.read_text().replace(small.hash(), "0" * 12))
-    shapes.resolve_builtin("builtin:shapes-test", config=small)
+    builtin.resolve_builtin("builtin:shapes-test", config=small)
     assert len(calls) == 2 and json.loads(meta.read_text())["config_hash"] == small.hash()
-    other = shapes.resolve_builtin("builtin:shapes2x2-test", cache_dir=tmp_path / "mine", config=small)
+    other = builtin.resolve_builtin("builtin:shapes2x2-test", cache_dir=tmp_path / "mine", config=small)
     assert other.parent.parent == tmp_path / "mine" and other.parent.name.startswith("shapes2x2-")
-    assert shapes.builtin_split("builtin:shapes-test") == "test" and shapes.builtin_split("shapes") is None
+    assert builtin.builtin_split("builtin:shapes-test") == "test" and builtin.builtin_split("shapes") is None
     with pytest.raises(CrossGetError, match="builtin:shapes-test"):
-        shapes.resolve_builtin("builtin:circles")
+        builtin.resolve_builtin("builtin:circles")
     with pytest.raises(CrossGetError, match="no val"):
-        shapes.resolve_builtin("builtin:shapes-val", config=small)
+        builtin.resolve_builtin("builtin:shapes-val", config=small)
 
 
 def test_max_objects_caps_the_composite_and_keeps_old_hashes():
@@ -249,7 +249,7 @@ def test_max_objects_caps_the_composite_and_keeps_old_hashes():
 
 
 def test_single_object_set_reads_as_zero_shot_classification(tmp_path, monkeypatch):
-    from crossget_cli.data.formats import load_classification
+    from crossget_cli.data.classification import load_classification
 
     monkeypatch.setenv("CROSSGET_CACHE", str(tmp_path))
     monkeypatch.setitem(shapes.PRESETS, "shapes1", shapes.ShapesConfig(max_objects=1, n_train=0, n_test=12))
@@ -279,14 +279,14 @@ def test_easy_vqa_is_not_installed_so_the_standard_test_package_is_not_shadowed(
 
 
 def test_a_wheel_other_than_the_pinned_one_is_refused(tmp_path, monkeypatch):
-    fake = tmp_path / shapes.EASY_VQA_WHEEL
+    fake = tmp_path / easy_vqa.EASY_VQA_WHEEL
     fake.write_bytes(b"PK\x05\x06" + bytes(18))
     monkeypatch.setenv("CROSSGET_EASY_VQA_WHEEL", str(fake))
     with pytest.raises(CrossGetError, match="SHA-256 differs"):
-        shapes.easy_vqa_wheel()
+        easy_vqa.easy_vqa_wheel()
     monkeypatch.setenv("CROSSGET_EASY_VQA_WHEEL", str(tmp_path / "missing.whl"))
     with pytest.raises(CrossGetError, match="no such file") as refused:
-        shapes.easy_vqa_wheel()
+        easy_vqa.easy_vqa_wheel()
     assert "pip download easy-vqa==1.0 --no-deps" in refused.value.hint
 
 
@@ -298,5 +298,5 @@ def test_a_failed_fetch_is_one_clear_error_and_leaves_nothing(tmp_path, monkeypa
     failed = subprocess.CompletedProcess([], 1, "", "ERROR: Could not find a version that satisfies the requirement\n")
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: failed)
     with pytest.raises(CrossGetError, match="cannot fetch the easy-vqa wheel.*Could not find a version"):
-        shapes.easy_vqa_wheel()
+        easy_vqa.easy_vqa_wheel()
     assert list((tmp_path / "cache" / "sources").iterdir()) == []

@@ -99,7 +99,7 @@ class CaptionPairs(Dataset):
 
 
 def retrieval_data(config: FinetuneConfig, source: str, split: str, limit: int | None = None):
-    from crossget_cli.data.formats import load_retrieval
+    from crossget_cli.data.retrieval import load_retrieval
 
     return load_retrieval(
         source,

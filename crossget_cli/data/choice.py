@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from crossget_cli.data.images import ImageDataset, check_images_exist, join_root
+from crossget_cli.data.records import read_records, records_root, required_field, shortens
 from crossget_cli.errors import CrossGetError
-from crossget_cli.data.formats import ImageDataset, records_root, check_images_exist, required_field, join_root, read_records, shortens
 
 LETTERS = string.ascii_uppercase
 

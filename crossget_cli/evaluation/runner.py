@@ -237,7 +237,10 @@ def _bind(progress: Progress | None, label: str):
 
 
 def _load_data(config: EvalConfig, check_images: bool = True):
-    from crossget_cli.data import formats as data
+    from crossget_cli.data.captions import load_captions
+    from crossget_cli.data.classification import load_classification, load_templates
+    from crossget_cli.data.retrieval import load_retrieval
+    from crossget_cli.data.vqa import load_vqa
 
     common = dict(split=config.split, image_column=config.image_column, limit=config.limit)
     if config.task in ("retrieval", "captioning"):
@@ -248,17 +251,17 @@ def _load_data(config: EvalConfig, check_images: bool = True):
             image_root=config.image_root,
             check_images=check_images,
         )
-        loader = data.load_retrieval if config.task == "retrieval" else data.load_captions
+        loader = load_retrieval if config.task == "retrieval" else load_captions
         return loader(config.data, **kwargs)
     if config.task == "zeroshot":
         classnames = _read_lines(config.classnames, "--classnames") if config.classnames else None
-        loaded = data.load_classification(config.data, label_column=config.label_column, classnames=classnames, **common)
-        return loaded, data.load_templates(config.templates)
+        loaded = load_classification(config.data, label_column=config.label_column, classnames=classnames, **common)
+        return loaded, load_templates(config.templates)
     if config.task == "multiple-choice":
         from crossget_cli.data.choice import load_multiple_choice
 
         return load_multiple_choice(config.data, image_root=config.image_root, limit=config.limit)
-    return data.load_vqa(
+    return load_vqa(
         config.data,
         annotations=config.annotations,
         image_root=config.image_root,

@@ -41,7 +41,7 @@ from crossget_cli.adapters.patching import is_patched
 from crossget_cli.core import collect_cross_tokens, js_loss
 from crossget_cli.core.losses import MAX_LOGIT_SCALE
 from crossget_cli.errors import CrossGetError
-from crossget_cli.data.formats import ClassificationData
+from crossget_cli.data.classification import ClassificationData
 from crossget_cli.adapters.model_io import ModelIO
 from crossget_cli.files import write_atomic
 
@@ -526,7 +526,7 @@ class CoopRun:
 
 def run_coop(io: ModelIO, run: CoopRun, progress: Callable[[dict], None] | None = None) -> tuple[PromptLearner, list[dict]]:
     """Load ``run.data`` (ImageFolder, CSV/JSONL, HF datasets) and train CoOp on it."""
-    from crossget_cli.data.formats import load_classification
+    from crossget_cli.data.classification import load_classification
 
     data = load_classification(
         run.data,

@@ -211,11 +211,9 @@ class BlipVqaObjective(_GenerativeObjective):
     question encoder (which cross-attends to the reduced image tokens)."""
 
     def dataset(self, io: ModelIO, config: FinetuneConfig) -> Dataset:
-        from crossget_cli.data import formats as data_module
+        from crossget_cli.data.vqa import load_vqa
 
-        data = data_module.load_vqa(
-            config.data, annotations=config.annotations, image_root=config.image_root, split=None, limit=config.limit
-        )
+        data = load_vqa(config.data, annotations=config.annotations, image_root=config.image_root, split=None, limit=config.limit)
         return _Questions(data, io.transform)
 
     def losses(self, model: nn.Module, io: ModelIO, items: list[Any], config: FinetuneConfig) -> dict[str, torch.Tensor]:

@@ -40,7 +40,8 @@ class Conversations(Dataset):
     """``(pixel_values [3, H, W], [(human, gpt), ...])`` per record."""
 
     def __init__(self, path: str, image_root: str | None, transform, limit: int | None = None):
-        from crossget_cli.data.formats import ImageDataset, records_root, check_images_exist, join_root, read_records
+        from crossget_cli.data.images import ImageDataset, check_images_exist, join_root
+        from crossget_cli.data.records import read_records, records_root
 
         file = Path(path)
         if not file.is_file():
