@@ -49,7 +49,7 @@ def _openclip_dir(tmp_path):
 def test_openclip_folder_round_trip(tmp_path):
     folder, original = _openclip_dir(tmp_path)
     loaded = load_model(str(folder))
-    assert loaded.family == "openclip"
+    assert loaded.checkpoint_format == "open_clip"
     _same_outputs(loaded.model, original)
 
     result = compress(str(folder), tmp_path / "out", vision_r=4, text_r=3)
@@ -66,7 +66,7 @@ def test_hf_folder_round_trip_keeps_attention_implementation(tmp_path):
     original = hf_tiny()
     original.save_pretrained(tmp_path / "hf")
     loaded = load_model(str(tmp_path / "hf"))
-    assert loaded.family == "hf-clip"
+    assert loaded.checkpoint_format == "transformers"
     _same_outputs(loaded.model, original)
     loaded.model.set_attn_implementation("eager")
 

@@ -14,13 +14,20 @@ from torch import nn
 from crossget_cli.adapters.registry import find_adapter
 
 
+#: :attr:`LoadedModel.checkpoint_format` values.
+OPEN_CLIP = "open_clip"
+TRANSFORMERS = "transformers"
+
+
 @dataclass
 class LoadedModel:
     """A model and what is needed to rebuild it.
 
     Attributes:
         model: the ``nn.Module`` (eval mode).
-        family: ``"openclip"`` or ``"hf-clip"``.
+        checkpoint_format: how it is stored and rebuilt: :data:`OPEN_CLIP` (an
+            open_clip config + state dict) or :data:`TRANSFORMERS` (``save_pretrained``).
+            Which adapter patches it is a separate question (``find_adapter``).
         source: the ``--model`` string as given.
         pretrained: the open_clip tag/file/"none", if any.
         model_config: open_clip's model config dict (for ``open_clip_config.json``);
@@ -30,7 +37,7 @@ class LoadedModel:
     """
 
     model: nn.Module
-    family: str
+    checkpoint_format: str
     source: str
     pretrained: str | None = None
     model_config: dict | None = None

@@ -29,7 +29,7 @@ from crossget_cli.config import plain_r
 from crossget_cli.errors import CrossGetError
 from crossget_cli.recipes import FinetuneSpec, Recipe, ReductionSpec, load_recipe
 from crossget_cli.files import check_writable, sha256, write_folder
-from crossget_cli.adapters.model_io import LoadedModel
+from crossget_cli.adapters.model_io import OPEN_CLIP, LoadedModel
 from crossget_cli.loading.exported import OPENCLIP_CONFIG_FILE, RECIPE_FILE, REPORT_FILE, WEIGHTS_FILE
 from crossget_cli.loading.formats import dtype_name
 from crossget_cli.loading.models import load_model
@@ -250,7 +250,7 @@ def save_model_config(loaded: LoadedModel, folder: Path) -> None:
     (with the preprocessing) or transformers' ``config.json`` with the tokenizer and
     image processor saved with the model."""
     model = loaded.model
-    if loaded.family == "openclip":
+    if loaded.checkpoint_format == OPEN_CLIP:
         config = {"model_cfg": loaded.model_config}
         preprocess = getattr(model.visual, "preprocess_cfg", None)
         if preprocess:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from torch import nn
 
-from crossget_cli.adapters.model_io import LoadedModel
+from crossget_cli.adapters.model_io import OPEN_CLIP, TRANSFORMERS, LoadedModel
 from crossget_cli.adapters.patching import patch
 from crossget_cli.errors import CrossGetError
 from crossget_cli.files import sha256
@@ -40,18 +40,20 @@ def load_exported(path: str | Path) -> LoadedModel:
         )
     spec: ModelSpec = recipe.model
     tokenizer = processor = None
-    if spec.family == "openclip":
+    if (path / OPENCLIP_CONFIG_FILE).is_file():
+        checkpoint_format = OPEN_CLIP
         saved = json.loads((path / OPENCLIP_CONFIG_FILE).read_text())
         model_config = saved["model_cfg"]
         model = build_openclip(model_config)
         if "preprocess_cfg" in saved:
             model.visual.preprocess_cfg = saved["preprocess_cfg"]
     elif (path / "config.json").is_file():  # any transformers family
+        checkpoint_format = TRANSFORMERS
         model, model_config = _build_hf(path, spec.attn_implementation), None
         tokenizer, processor = hf_preprocessors(str(path))
     else:
         raise CrossGetError(
-            f"{path / RECIPE_FILE} names an unknown model family {spec.family!r}", "re-export it with this version"
+            f"{path} has neither {OPENCLIP_CONFIG_FILE} nor config.json", "re-run crossget compress"
         )
     if spec.dtype:
         model = model.to(parse_dtype(spec.dtype))
@@ -62,7 +64,7 @@ def load_exported(path: str | Path) -> LoadedModel:
     except (SafetensorError, RuntimeError, OSError) as err:
         raise CrossGetError(f"cannot load {weights}: {str(err).splitlines()[0]}", "the file is corrupt; re-export it") from err
     return LoadedModel(
-        model.eval(), spec.family, str(path), spec.pretrained, model_config, tokenizer=tokenizer, image_processor=processor
+        model.eval(), checkpoint_format, str(path), spec.pretrained, model_config, tokenizer=tokenizer, image_processor=processor
     )
 
 

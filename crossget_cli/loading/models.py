@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 from crossget_cli.errors import CrossGetError, first_line
-from crossget_cli.adapters.model_io import LoadedModel
+from crossget_cli.adapters.model_io import OPEN_CLIP, TRANSFORMERS, LoadedModel
 from crossget_cli.loading.formats import (
     UNREADABLE_ERRORS,
     UNREADABLE_HINT,
@@ -91,7 +91,7 @@ def _load_builtin(name: str, pretrained: str | None) -> LoadedModel:
         saved = json.loads((folder / "open_clip_config.json").read_text())
         model = build_openclip(saved["model_cfg"])
         model.visual.preprocess_cfg = dict(saved["preprocess_cfg"])
-        return LoadedModel(model, "openclip", name, "none", saved["model_cfg"])
+        return LoadedModel(model, OPEN_CLIP, name, "none", saved["model_cfg"])
     if pretrained is not None:
         raise CrossGetError(
             f"built-in model {name!r} takes no --pretrained tag", "leave it out, or pass 'none' for random weights"
@@ -138,7 +138,7 @@ def _load_openclip(name: str, source: str, tag: str | None) -> LoadedModel:
     config = None if name.startswith("local-dir:") else open_clip.get_model_config(name)
     if config is None:
         config = json.loads((Path(name[len("local-dir:") :]) / "open_clip_config.json").read_text())["model_cfg"]
-    return LoadedModel(model.eval(), "openclip", source, tag, config)
+    return LoadedModel(model.eval(), OPEN_CLIP, source, tag, config)
 
 
 def _load_hf(model_id: str, source: str) -> LoadedModel:
@@ -172,7 +172,7 @@ def _load_hf(model_id: str, source: str) -> LoadedModel:
         hint = offline_hint() if is_network_error(err) else UNREADABLE_HINT
         raise CrossGetError(f"cannot load weights of {model_id!r}: {unreadable_reason(err)}", hint) from err
     tokenizer, processor = hf_preprocessors(model_id, local_only)
-    return LoadedModel(model.eval(), "hf-clip", source, tokenizer=tokenizer, image_processor=processor)
+    return LoadedModel(model.eval(), TRANSFORMERS, source, tokenizer=tokenizer, image_processor=processor)
 
 
 def load_openai_checkpoint(path: Path, source: str) -> LoadedModel:
@@ -189,7 +189,7 @@ def load_openai_checkpoint(path: Path, source: str) -> LoadedModel:
             f"checkpoint {path} does not fit an OpenAI CLIP: missing {missing[:3]}, unexpected {unexpected[:3]}",
             "pass an OpenAI-layout CLIP state dict",
         )
-    return LoadedModel(model, "openclip", source, None, config, extras)
+    return LoadedModel(model, OPEN_CLIP, source, None, config, extras)
 
 
 def _looks_like_path(source: str) -> bool:

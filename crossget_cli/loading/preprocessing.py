@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from crossget_cli.adapters.registry import find_adapter
-from crossget_cli.adapters.model_io import LoadedModel, ModelIO
+from crossget_cli.adapters.model_io import OPEN_CLIP, LoadedModel, ModelIO
 from crossget_cli.errors import CrossGetError
 from crossget_cli.loading.formats import parse_dtype
 
@@ -21,7 +21,7 @@ def model_io(loaded: LoadedModel, device: str = "cpu", dtype: str = "fp32") -> M
         raise CrossGetError(f"device {device!r} requested but CUDA is not available", "use --device cpu")
     torch_dtype = parse_dtype(dtype)
     loaded.model.to(torch_device, torch_dtype).eval()
-    if loaded.family == "openclip":
+    if loaded.checkpoint_format == OPEN_CLIP:
         transform, tokenize = _openclip_preprocessing(loaded)
     else:
         transform, tokenize = _hf_preprocessing(loaded)

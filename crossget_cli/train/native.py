@@ -23,7 +23,7 @@ from crossget_cli.files import write_folder
 from crossget_cli.adapters.training import FinetuneConfig
 from crossget_cli.loading.formats import DTYPES
 from crossget_cli.loading.models import OPENCLIP_WEIGHTS_FILE, load_model
-from crossget_cli.adapters.model_io import LoadedModel
+from crossget_cli.adapters.model_io import OPEN_CLIP, LoadedModel
 
 TRAINING_FILE = "training.json"
 
@@ -94,7 +94,7 @@ def save_native(loaded: LoadedModel, folder: Path, dtype: torch.dtype = torch.fl
 
     model = loaded.model
     save_model_config(loaded, folder)
-    if loaded.family == "openclip":
+    if loaded.checkpoint_format == OPEN_CLIP:
         state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(folder / OPENCLIP_WEIGHTS_FILE), metadata={"format": "pt"})
         return folder / OPENCLIP_WEIGHTS_FILE
