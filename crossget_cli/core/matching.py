@@ -186,7 +186,7 @@ def complete_graph_matching(
             destinations besides token 0 (CLS/SOT) and token ``T - 1`` (the cross
             slot), which always are (text passes its EOT position).
         importance: optional ``[N, T]`` importance of each token, used instead of
-            the cosine to ``guide`` (LLaVA's attention-based importance, SPEC §6).
+            the cosine to ``guide`` (attention-based importance, SPEC §6).
         padding: optional ``[N, T]`` bool, ``True`` for padding tokens (size 0).
             They are never merged into a real token nor a real one into them;
             each sample removes the real tokens it would remove alone (its own
@@ -314,8 +314,8 @@ def bipartite_matching(
 
 
 def attention_importance(weights: torch.Tensor) -> torch.Tensor:
-    """LLaVA's token importance (SPEC §6) from post-softmax attention weights
-    ``[N, heads, T, T]`` (size bias included), the cross token last: the mean
+    """Attention-based token importance (SPEC §6, from the official LLaVA reducer)
+    from post-softmax attention weights ``[N, heads, T, T]`` (size bias included), the cross token last: the mean
     attention a token receives from the other tokens' rows plus the attention
     the cross token pays it, with the weights averaged over heads. ``[N, T]``
     float32."""

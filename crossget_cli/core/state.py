@@ -228,7 +228,7 @@ class TokenState:
         ``keys`` and ``queries`` are ``[N, T, D]`` full-width projections with
         bias. CrossGET matches on the full-width keys, guided by the cross token's
         query (vision) or the EOT's (text); ToMe matches on the keys averaged over
-        the ``num_heads`` heads. With ``importance`` (``[N, T]``, LLaVA, SPEC §6)
+        the ``num_heads`` heads. With ``importance`` (``[N, T]``, attention-based, SPEC §6)
         CrossGET matches on ``keys`` as given and takes that importance instead of
         the cosine to a guide query.
         """
