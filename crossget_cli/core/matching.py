@@ -315,9 +315,9 @@ def bipartite_matching(
 
 def attention_importance(weights: torch.Tensor) -> torch.Tensor:
     """Attention-based token importance (SPEC §6, from the official LLaVA reducer)
-    from post-softmax attention weights ``[N, heads, T, T]`` (size bias included), the cross token last: the mean
-    attention a token receives from the other tokens' rows plus the attention
-    the cross token pays it, with the weights averaged over heads. ``[N, T]``
-    float32."""
+    from post-softmax attention weights ``[N, heads, T, T]`` (size bias included),
+    the cross token last: the mean attention a token receives from the other
+    tokens' rows plus the attention the cross token pays it, with the weights
+    averaged over heads. ``[N, T]`` float32."""
     mean = weights.float().mean(dim=1)
     return mean[:, :-1].mean(dim=1) + mean[:, -1]
