@@ -1,18 +1,29 @@
 """The sweep over every registered adapter and its tiny models: the cases to
 parametrize with, a model built afresh per test, example inputs, and the
 features a test compares. Shared by the test files that sweep the adapters
-(test files never import each other)."""
+(test files never import each other). The tiny models come from the registry
+(``Adapter.tiny_models``), so a family registered with its ``tiny.py`` is swept
+with no edit here."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from crossget_cli.adapters.registry import find_adapter, list_adapters
-from tiny_models import TINY_MODELS
+from crossget_cli.adapters.registry import find_adapter, get_adapter, list_adapters
 
-#: ``(adapter name, tiny model name)`` for every registered adapter.
-CASES = [(adapter, name) for adapter in list_adapters() for name in TINY_MODELS.get(adapter, {})]
+
+def cases() -> list[tuple[str, str]]:
+    """``(adapter name, tiny model name)`` for every registered adapter and every
+    tiny model it offers, as the registry holds them now."""
+    return [(name, model) for name in list_adapters() for model in get_adapter(name).tiny_models()]
+
+
+#: :func:`cases` when the tests are collected.
+CASES = cases()
+
 
 #: Families whose patched vision blocks compute attention with another kernel
 #: than the original's (open_clip: nn.MultiheadAttention there, SDPA here; BLIP:
@@ -28,10 +39,15 @@ def same_computation_tolerance(adapter_name: str) -> dict:
     return dict(rtol=1e-6, atol=1e-6) if adapter_name in OTHER_ATTENTION_KERNEL else dict(rtol=0, atol=0)
 
 
+def builder(adapter_name: str, model_name: str) -> Callable[[], nn.Module]:
+    """The adapter's builder of its tiny model ``model_name`` (unseeded)."""
+    return get_adapter(adapter_name).tiny_models()[model_name]
+
+
 def build(adapter_name: str, model_name: str) -> nn.Module:
     """A fresh tiny model of the case, the same on every call (seeded)."""
     torch.manual_seed(0)
-    return TINY_MODELS[adapter_name][model_name]()
+    return builder(adapter_name, model_name)()
 
 
 def example_inputs(model: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:

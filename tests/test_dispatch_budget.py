@@ -22,7 +22,8 @@ import torch
 import crossget_cli
 from crossget_cli.core import TokenState, constants
 from crossget_cli.profile.opcount import HOST_SYNC_OPS, count_ops
-from tiny_models import TINY_MODELS
+from sweep import builder
+from tiny_models import openclip_tiny
 
 STEP_BUDGET = {"crossget": 36, "tome": 24}
 FORWARD_RATIO = {"crossget": 5.5, "tome": 4.5}
@@ -106,7 +107,7 @@ def test_patched_forwards_have_no_host_sync(adapter_name, model_name, method):
     wait for the device (a value read back or a data-dependent shape)."""
     from crossget_cli.adapters.registry import find_adapter
 
-    model = crossget_cli.patch(TINY_MODELS[adapter_name][model_name](), vision_r=4, text_r=3, method=method)
+    model = crossget_cli.patch(builder(adapter_name, model_name)(), vision_r=4, text_r=3, method=method)
     adapter = find_adapter(model)
     spec = adapter.inputs(model)
     images, texts = spec.example_images(2, seed=1), spec.example_texts(2, length=9, seed=2)
@@ -131,7 +132,7 @@ def test_counter_sees_host_syncs_and_leaves_views_out():
 def test_compiled_merge_is_deterministic():
     """The merge has no atomics eagerly or under torch.compile: two compiled
     forwards of the same batch are bit-identical, and equal eager to rounding."""
-    model = crossget_cli.patch(TINY_MODELS["openclip"]["openclip-CLIP"](), vision_r=4)
+    model = crossget_cli.patch(openclip_tiny(), vision_r=4)
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         eager = model.encode_image(images)

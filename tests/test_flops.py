@@ -270,9 +270,9 @@ def test_model_macs_leaves_the_model_as_it_was():
 
 
 def _tiny_models():
-    from tiny_models import TINY_MODELS
+    from sweep import CASES, builder
 
-    return [(name, build) for family in TINY_MODELS.values() for name, build in family.items()]
+    return [(model_name, builder(adapter_name, model_name)) for adapter_name, model_name in CASES]
 
 
 @pytest.mark.parametrize("name,build", _tiny_models(), ids=[n for n, _ in _tiny_models()])

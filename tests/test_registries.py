@@ -1,16 +1,24 @@
-"""Family capabilities come from the adapters and the objective registry, and a
-recipe accepts what the flags accept (#14: one source of truth)."""
+"""Family capabilities come from the adapters and the objective registry, a
+recipe accepts what the flags accept (#14: one source of truth), and a new model
+family is one folder plus one registration line, swept by the tests unedited."""
 
 from __future__ import annotations
 
+import sys
+import textwrap
+
 import pytest
+import torch
 
 import crossget_cli
+from crossget_cli.adapters import registry
 from crossget_cli.adapters.registry import find_adapter, get_adapter, list_adapters
 from crossget_cli.adapters.training import list_objectives
 from crossget_cli.errors import CrossGetError
 from crossget_cli.recipes import recipe_from_dict
+from crossget_cli.registry import Registry
 from crossget_cli.train.loop import select_trainable
+from sweep import build, cases, example_inputs, features, is_cross_token, randomise_cross
 from tiny_models import openclip_tiny, tiny_llava
 
 
@@ -57,3 +65,101 @@ def test_recipe_objective_is_checked_against_the_registry():
     assert "finetune.objective" in message
     for objective in list_objectives():
         assert objective in message
+
+
+# A family added the documented way, in a package of its own: ``toy_clip/`` holds
+# what ``crossget_cli/adapters/<family>/`` would, and ``toy_models`` stands for the
+# library that defines the family's model class.
+NEW_FAMILY = {
+    "toy_models.py": """
+        from transformers import CLIPModel
+
+
+        class ToyCLIPModel(CLIPModel):
+            pass
+    """,
+    "toy_clip/__init__.py": """
+        from toy_clip.adapter import ToyClipAdapter
+    """,
+    "toy_clip/adapter.py": """
+        from crossget_cli.adapters.hf_clip import HFClipAdapter
+        from crossget_cli.adapters.registry import register_adapter
+        from toy_models import ToyCLIPModel
+
+
+        @register_adapter("toy-clip")
+        class ToyClipAdapter(HFClipAdapter):
+            description = "ToyCLIPModel, a transformers CLIPModel"
+            priority = 1  # asked before hf-clip, which also matches its models
+
+            @classmethod
+            def matches(cls, model):
+                return isinstance(model, ToyCLIPModel) and super().matches(model)
+
+            @classmethod
+            def tiny_models(cls):
+                from toy_clip import tiny
+
+                return dict(tiny.MODELS)
+    """,
+    "toy_clip/tiny.py": """
+        from crossget_cli.adapters.hf_clip.tiny import hf_tiny_config
+        from toy_models import ToyCLIPModel
+
+        MODELS = {"ToyCLIPModel": lambda: ToyCLIPModel(hf_tiny_config(attn_implementation="sdpa")).eval()}
+    """,
+}
+
+
+@pytest.fixture
+def new_family(tmp_path, monkeypatch):
+    """:data:`NEW_FAMILY` written to a folder on ``sys.path``, and a copy of the
+    adapter registry for it to register into; the real registry is back
+    afterwards, and the family's modules are gone."""
+    for path, text in NEW_FAMILY.items():
+        (tmp_path / path).parent.mkdir(exist_ok=True)
+        (tmp_path / path).write_text(textwrap.dedent(text))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    scratch = Registry(registry.ADAPTERS.what)
+    for cls in registry.ADAPTERS:
+        scratch.register(cls.name)(cls)
+    monkeypatch.setattr(registry, "ADAPTERS", scratch)
+    yield
+    for name in [n for n in sys.modules if n == "toy_models" or n.split(".")[0] == "toy_clip"]:
+        del sys.modules[name]
+
+
+def test_a_new_family_is_its_folder_and_one_line(new_family):
+    before = cases()
+
+    import toy_clip  # noqa: F401  (the one line adapters/__init__.py would hold)
+
+    assert "toy-clip" in list_adapters()
+    now = cases()
+    assert ("toy-clip", "ToyCLIPModel") in now and [c for c in now if c[0] != "toy-clip"] == before
+    model = build("toy-clip", "ToyCLIPModel")
+    assert find_adapter(model).name == "toy-clip"
+    images, texts = example_inputs(model)
+    original = features(model, images, texts)
+    keys = set(model.state_dict())
+
+    crossget_cli.patch(model, vision_r=2, text_r=2)
+    assert crossget_cli.is_patched(model)
+    assert {k for k in model.state_dict() if is_cross_token(k)} == {
+        "vision_model.encoder.cross_image",
+        "text_model.encoder.cross_text",
+    }
+    assert [t.token_counts()[-1] < t.token_counts()[0] for t in find_adapter(model).towers(model)] == [True, True]
+    randomise_cross(model)
+    patched = features(model, images, texts)
+    assert all(patched[k].shape == original[k].shape and not torch.equal(patched[k], original[k]) for k in original)
+
+    crossget_cli.unpatch(model)
+    assert not crossget_cli.is_patched(model) and set(model.state_dict()) == keys
+    after = features(model, images, texts)
+    assert all(torch.equal(after[k], original[k]) for k in original)
+
+
+def test_the_new_family_is_gone_afterwards():
+    assert "toy-clip" not in list_adapters() and "toy_clip" not in sys.modules
+    assert ("toy-clip", "ToyCLIPModel") not in cases()

@@ -15,7 +15,7 @@ from crossget_cli.core import bipartite_matching, ensemble_merge, trace_reductio
 from crossget_cli.errors import CrossGetError
 from crossget_cli.profile.report import tokens_per_layer
 from sweep import CASES, build, example_inputs, features, is_cross_token, same_computation_tolerance
-from tiny_models import TINY_MODELS
+from tiny_models import openclip_tiny
 
 
 def test_bipartite_matching_hand_worked():
@@ -135,13 +135,13 @@ def test_tome_on_every_adapter(adapter_name, model_name):
 @pytest.mark.parametrize("adapter_name", [name for name in list_adapters() if "text" not in get_adapter(name).reduces])
 def test_tome_refuses_a_tower_the_family_does_not_reduce(adapter_name):
     """LLaVA merges vision tokens only: a text r is a clear error for ToMe too."""
-    model = build(adapter_name, next(iter(TINY_MODELS[adapter_name])))
+    model = build(adapter_name, next(iter(get_adapter(adapter_name).tiny_models())))
     with pytest.raises(CrossGetError, match="merge no text tokens"):
         crossget_cli.patch(model, vision_r=2, text_r=2, method="tome")
 
 
 def test_switching_methods_adds_and_drops_cross_tokens():
-    model = TINY_MODELS["openclip"]["openclip-CLIP"]()
+    model = openclip_tiny()
     crossget_cli.patch(model, vision_r=2, method="tome")
     assert not any("cross" in k for k in model.state_dict())
     crossget_cli.patch(model, vision_r=2)
@@ -157,7 +157,7 @@ def test_tome_from_the_cli(tmp_path):
     from typer.testing import CliRunner
 
     from crossget_cli.cli.app import app
-    from tiny_models import OPENAI_TINY, openclip_tiny
+    from tiny_models import OPENAI_TINY
 
     runner = CliRunner()
     save_file(openclip_tiny(OPENAI_TINY).state_dict(), str(tmp_path / "clip.safetensors"))

@@ -1,79 +1,21 @@
-"""Tiny random CLIP models built in code (no downloads), and the OpenAI -> HF
-state-dict conversion that SPEC §9 describes, for parity tests."""
+"""Test helpers around the tiny random models the adapters build in code
+(``Adapter.tiny_models``, each family's ``tiny.py``): the OpenAI -> HF state-dict
+conversion that SPEC §9 describes and the golden-file models, for parity tests;
+tiny models saved to folders the way their libraries save them, with tokenizers and
+image processors, for end-to-end runs; random inputs and test images."""
 
 from __future__ import annotations
 
 import torch
-from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-from transformers import CLIPConfig, CLIPModel
+from transformers import CLIPModel
 
-import tiny_blip
-
-# The official CLIP constructor arguments, as in the golden file.
-TINY = dict(
-    embed_dim=32,
-    image_resolution=32,
-    vision_layers=4,
-    vision_width=128,
-    vision_patch_size=8,
-    context_length=16,
-    vocab_size=64,
-    transformer_width=64,
-    transformer_heads=2,
-    transformer_layers=4,
-)
+from crossget_cli.adapters.hf_clip.tiny import hf_tiny, hf_tiny_config
+from crossget_cli.adapters.llava.tiny import WORDS, tiny_llava
+from crossget_cli.adapters.openclip.tiny import TINY, openclip_tiny
 
 #: An OpenAI-style checkpoint of TINY: OpenAI checkpoints carry no head count,
 #: so loading one gives both towers width // 64 heads.
 OPENAI_TINY = dict(TINY, transformer_heads=1)
-
-
-def openclip_tiny(cfg: dict = TINY) -> CLIP:
-    vision = CLIPVisionCfg(
-        layers=cfg["vision_layers"],
-        width=cfg["vision_width"],
-        patch_size=cfg["vision_patch_size"],
-        image_size=cfg["image_resolution"],
-    )
-    text = CLIPTextCfg(
-        context_length=cfg["context_length"],
-        vocab_size=cfg["vocab_size"],
-        width=cfg["transformer_width"],
-        heads=cfg["transformer_heads"],
-        layers=cfg["transformer_layers"],
-    )
-    return CLIP(cfg["embed_dim"], vision, text, quick_gelu=True).eval()
-
-
-def hf_tiny_config(cfg: dict = TINY, **overrides) -> CLIPConfig:
-    text = dict(
-        vocab_size=cfg["vocab_size"],
-        hidden_size=cfg["transformer_width"],
-        intermediate_size=4 * cfg["transformer_width"],
-        num_hidden_layers=cfg["transformer_layers"],
-        num_attention_heads=cfg["transformer_heads"],
-        max_position_embeddings=cfg["context_length"],
-        hidden_act="quick_gelu",
-        layer_norm_eps=1e-5,
-        eos_token_id=2,  # legacy configs pool at argmax(ids), like OpenAI CLIP
-        bos_token_id=cfg["vocab_size"] - 2,
-        pad_token_id=0,
-    )
-    vision = dict(
-        hidden_size=cfg["vision_width"],
-        intermediate_size=4 * cfg["vision_width"],
-        num_hidden_layers=cfg["vision_layers"],
-        num_attention_heads=cfg["vision_width"] // 64,
-        image_size=cfg["image_resolution"],
-        patch_size=cfg["vision_patch_size"],
-        hidden_act="quick_gelu",
-        layer_norm_eps=1e-5,
-    )
-    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=cfg["embed_dim"], **overrides)
-
-
-def hf_tiny(cfg: dict = TINY, attn_implementation: str = "sdpa") -> CLIPModel:
-    return CLIPModel(hf_tiny_config(cfg, attn_implementation=attn_implementation)).eval()
 
 
 _LAYER_RENAMES = {
@@ -182,46 +124,6 @@ def random_texts(lengths: list[int], context: int, vocab: int, seed: int = 0) ->
     return ids
 
 
-def _hf_tower(cls_name: str, modality: str):
-    def build():
-        import transformers
-
-        config = hf_tiny_config(attn_implementation="sdpa")
-        sub = config.vision_config if modality == "vision" else config.text_config
-        if "Projection" in cls_name:
-            sub.projection_dim = config.projection_dim
-        return getattr(transformers, cls_name)._from_config(sub, attn_implementation="sdpa").eval()
-
-    return build
-
-
-# Every registered adapter needs at least one tiny model here (tests sweep them).
-_FOUR = {"num_hidden_layers": 4}
-
-TINY_MODELS = {
-    "openclip": {"openclip-CLIP": openclip_tiny},
-    "hf-clip": {
-        "CLIPModel": hf_tiny,
-        "CLIPModel-eager": lambda: hf_tiny(attn_implementation="eager"),
-        "CLIPVisionModel": _hf_tower("CLIPVisionModel", "vision"),
-        "CLIPVisionModelWithProjection": _hf_tower("CLIPVisionModelWithProjection", "vision"),
-        "CLIPTextModel": _hf_tower("CLIPTextModel", "text"),
-        "CLIPTextModelWithProjection": _hf_tower("CLIPTextModelWithProjection", "text"),
-    },
-    # Four layers per tower, as the sweeps of test_adapters.py expect.
-    "blip": {
-        "BlipForImageTextRetrieval": lambda: tiny_blip.blip("retrieval", vision=_FOUR, text=_FOUR),
-        "BlipForConditionalGeneration": lambda: tiny_blip.blip("captioning", vision=_FOUR, text=_FOUR),
-        "BlipForQuestionAnswering": lambda: tiny_blip.blip("vqa", vision=_FOUR, text=_FOUR),
-    },
-    "blip2": {
-        "Blip2ForConditionalGeneration": lambda: tiny_blip.blip2("generation", vision=_FOUR),
-        "Blip2ForImageTextRetrieval": lambda: tiny_blip.blip2("retrieval", vision=_FOUR),
-    },
-    "llava": {"LlavaForConditionalGeneration": lambda: tiny_llava(vision_layers=4)},
-}
-
-
 # -- tiny models with CLIP's real BPE vocabulary, for end-to-end evaluation ---------
 
 BPE_TINY = dict(TINY, vocab_size=49408)
@@ -313,10 +215,6 @@ RGB = {
 
 # --------------------------------------------------------------------------- LLaVA
 
-WORDS = ["<pad>", "<s>", "</s>", "<image>", "<unk>", "USER", ":", "ASSISTANT", "?", ".", "A", "B", "C", "D", "\n"]
-WORDS += ["what", "color", "is", "the", "shape", "red", "blue", "green", "circle", "square", "yes", "no", "one", "two"]
-WORDS += [f"w{i}" for i in range(60)]
-
 
 def tiny_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
@@ -333,40 +231,6 @@ def tiny_tokenizer():
         unk_token="<unk>",
         additional_special_tokens=["<image>"],
     )
-
-
-def tiny_llava(vision_layers=3, llm_layers=2, image=32, patch=8, strategy="default", layer=-2, seed=0):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
-
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=2,
-        image_size=image,
-        patch_size=patch,
-    )
-    text = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=llm_layers,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        vocab_size=len(WORDS),
-        max_position_embeddings=256,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=3,
-        vision_feature_layer=layer,
-        vision_feature_select_strategy=strategy,
-    )
-    torch.manual_seed(seed)
-    return LlavaForConditionalGeneration(config).eval()
 
 
 def save_tiny_llava(folder, **kwargs):

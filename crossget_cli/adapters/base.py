@@ -8,6 +8,7 @@ per tower is registered. :func:`Adapter.remove` undoes both exactly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -144,7 +145,8 @@ def restore_classes(model: nn.Module) -> None:
 
 class Adapter:
     """Patches one model family. Subclasses implement :meth:`matches`,
-    :meth:`towers` and :meth:`class_swaps`; apply/remove are shared."""
+    :meth:`towers` and :meth:`class_swaps` (and :meth:`tiny_models`, for the
+    tests); apply/remove are shared."""
 
     name: ClassVar[str]
     description: ClassVar[str]
@@ -164,6 +166,15 @@ class Adapter:
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
         raise NotImplementedError
+
+    @classmethod
+    def tiny_models(cls) -> dict[str, Callable[[], nn.Module]]:
+        """Random-weight miniatures of the family's model classes, built in code
+        without a download, by name (the model class, e.g. ``"CLIPVisionModel"``):
+        the test suite sweeps every registered adapter over them. A family keeps
+        its builders in its own ``tiny.py`` and imports it here, on call, so that
+        importing the package stays light. A family offering none is not swept."""
+        return {}
 
     def towers(self, model: nn.Module) -> list[Tower]:
         """The towers to patch; raises :class:`CrossGetError` on a layout this

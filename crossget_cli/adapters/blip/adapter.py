@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -353,6 +354,12 @@ class BlipAdapter(Adapter):
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
         return _kind(model) is not None
+
+    @classmethod
+    def tiny_models(cls) -> dict[str, Callable[[], nn.Module]]:
+        from crossget_cli.adapters.blip import tiny
+
+        return dict(tiny.MODELS)
 
     def tasks(self, model: nn.Module) -> tuple[str, ...]:
         kind = _kind(model)  # one task head per model class

@@ -10,6 +10,8 @@ of soft tokens. The Q-Former cross-attends to the merged image tokens with
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -57,6 +59,12 @@ class Blip2Adapter(Adapter):
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
         return _kind(model) is not None
+
+    @classmethod
+    def tiny_models(cls) -> dict[str, Callable[[], nn.Module]]:
+        from crossget_cli.adapters.blip2 import tiny
+
+        return dict(tiny.MODELS)
 
     def tasks(self, model: nn.Module) -> tuple[str, ...]:
         return ("captioning", "vqa") if _kind(model) == "generation" else ("retrieval",)

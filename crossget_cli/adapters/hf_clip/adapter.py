@@ -13,6 +13,7 @@ pooling at the tracked EOT position).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -193,6 +194,12 @@ class HFClipAdapter(Adapter):
     def matches(cls, model: nn.Module) -> bool:
         config = getattr(model, "config", None)
         return config is not None and hasattr(config, "model_type") and bool(_find_towers(model))
+
+    @classmethod
+    def tiny_models(cls) -> dict[str, Callable[[], nn.Module]]:
+        from crossget_cli.adapters.hf_clip import tiny
+
+        return dict(tiny.MODELS)
 
     def towers(self, model: nn.Module) -> list[Tower]:
         towers = []

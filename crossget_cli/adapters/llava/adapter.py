@@ -22,6 +22,7 @@ image placeholder to it (batches with padding included).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -246,6 +247,12 @@ class LlavaAdapter(Adapter):
         "cross+projector": ("cross_image", "cross_text", "multi_modal_projector"),
         "cross+projector+llm": ("cross_image", "cross_text", "multi_modal_projector", "language_model", "lm_head"),
     }
+
+    @classmethod
+    def tiny_models(cls) -> dict[str, Callable[[], nn.Module]]:
+        from crossget_cli.adapters.llava import tiny
+
+        return dict(tiny.MODELS)
 
     def towers(self, model: nn.Module) -> list[Tower]:
         core = llava_core(model)

@@ -9,6 +9,8 @@ attention mask, and the reduction step between attention and MLP).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -175,6 +177,12 @@ class OpenClipAdapter(Adapter):
             and hasattr(visual.transformer, "resblocks")
             and _text_owner(model) is not None
         )
+
+    @classmethod
+    def tiny_models(cls) -> dict[str, Callable[[], nn.Module]]:
+        from crossget_cli.adapters.openclip import tiny
+
+        return dict(tiny.MODELS)
 
     def towers(self, model: nn.Module) -> list[Tower]:
         visual = model.visual
