@@ -46,9 +46,14 @@ class ReductionSpec:
 
 @dataclass(frozen=True)
 class FinetuneSpec:
-    """Fine-tuning with L_JS (SPEC §4): the defaults of `crossget compress --finetune` (flags override)."""
+    """Fine-tuning with L_JS (SPEC §4): the defaults of `crossget compress --finetune` (flags override).
 
-    objective: str = "clip"  # clip (ITC + L_JS) or coop (CE + 10 L_JS)
+    A key the recipe leaves out takes its objective's default (``Objective.defaults`` and
+    ``default_js_weight``, e.g. CoOp's lr 0.002), else the value below (the paper's CLIP
+    fine-tune). ``options`` are the objective's own settings (``Objective.Options``).
+    """
+
+    objective: str = "clip"  # a registered objective: clip (ITC + L_JS), coop (CE + 10 L_JS), a family's
     js_weight: float = 0.5
     lr: float = 1e-5
     weight_decay: float = 0.05
@@ -58,7 +63,7 @@ class FinetuneSpec:
     schedule: str = "cosine"
     trainable: str = "all"  # as --trainable: all, cross, a family's named group, or parameter-name substrings
     amp: str = "fp16"
-    shots: int | None = None  # CoOp: examples per class
+    options: dict[str, Any] = field(default_factory=dict)  # e.g. coop: {shots: 16, n_ctx: 16}
     dataset: str | None = None
 
 
@@ -106,12 +111,42 @@ _VALID_CHOICES = {
 
 def _choices(section: str, key: str) -> tuple[str, ...] | None:
     """The values a recipe key takes; objectives come from their registry, as
-    for ``--objective`` (``coop`` runs its own prompt-learning loop)."""
+    for ``--objective``."""
     if (section, key) == ("finetune", "objective"):
         from crossget_cli.adapters import training  # registers every family's objectives on import
 
-        return ("coop", *training.list_objectives())
+        return tuple(training.list_objectives())
     return _VALID_CHOICES.get((section, key))
+
+
+def _objective(data: dict):
+    from crossget_cli.adapters.training import get_objective
+
+    return get_objective(data.get("objective", FinetuneSpec.objective))
+
+
+def _unknown_key_hint(section: str, key: str, data: dict, known) -> str:
+    if section == "finetune":
+        try:
+            objective = _objective(data)
+        except (CrossGetError, TypeError):  # a bad objective is reported on its own
+            objective = None
+        if objective is not None and key in objective.option_names():
+            return f"{key} is an option of objective {objective.name!r}: write it as finetune.options.{key}"
+    return f"valid keys in {section}: {', '.join(known)}"
+
+
+def _finetune_spec(data: dict) -> FinetuneSpec:
+    """The ``finetune`` section: keys left out take the objective's defaults, then
+    FinetuneSpec's; the objective checks the options."""
+    objective = _objective(data)
+    names = {f.name for f in fields(FinetuneSpec)}
+    defaults = {"js_weight": objective.default_js_weight, **objective.defaults}
+    try:
+        objective.check_options(data.get("options", {}))
+    except CrossGetError as err:
+        raise CrossGetError(f"recipe key finetune.options: {err.message}", err.hint) from None
+    return FinetuneSpec(**{**{k: v for k, v in defaults.items() if k in names}, **data})
 
 
 def _drop_none(value):
@@ -148,12 +183,12 @@ def _build(cls, section: str, data) -> Any:
     known = {f.name: f for f in fields(cls)}
     for key, value in data.items():
         if key not in known:
-            raise CrossGetError(f"unknown recipe key {section}.{key}", f"valid keys in {section}: {', '.join(known)}")
+            raise CrossGetError(f"unknown recipe key {section}.{key}", _unknown_key_hint(section, key, data, known))
         _check_type(f"{section}.{key}", value, str(known[key].type))
         choices = _choices(section, key)
         if choices and value not in choices:
             raise CrossGetError(f"recipe key {section}.{key} has a bad value {value!r}", f"choose one of: {', '.join(choices)}")
-    return cls(**data)
+    return _finetune_spec(data) if cls is FinetuneSpec else cls(**data)
 
 
 def recipe_from_dict(data: dict, where: str = "recipe") -> Recipe:

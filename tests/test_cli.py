@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 from safetensors.torch import save_file
+from tiny_models import OPENAI_TINY, openclip_tiny, save_hf_folder, save_openclip_folder
 from typer.testing import CliRunner
 
-from crossget_cli.version import __version__
 from crossget_cli.cli.app import app
-from tiny_models import OPENAI_TINY, openclip_tiny, save_hf_folder, save_openclip_folder
+from crossget_cli.version import __version__
 
 runner = CliRunner()
 
@@ -288,7 +288,12 @@ def unreachable_hub(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "model", [["-m", "hf:crossget-tests/not-cached-clip"], ["-m", "crossget-tests/not-cached-clip"], ["-m", "ViT-B-16", "--pretrained", "openai"]]
+    "model",
+    [
+        ["-m", "hf:crossget-tests/not-cached-clip"],
+        ["-m", "crossget-tests/not-cached-clip"],
+        ["-m", "ViT-B-16", "--pretrained", "openai"],
+    ],
 )
 def test_offline_hub_model_fails_fast_with_one_line(model, unreachable_hub, tmp_path):
     import time
@@ -325,7 +330,9 @@ def test_model_flag_wins_over_the_recipe_model(checkpoint, tmp_path):
     recipe.write_text(
         yaml.safe_dump({"model": {"source": "ViT-B-16", "pretrained": "openai"}, "reduction": {"vision_r": 2, "text_r": 1}})
     )
-    result = runner.invoke(app, ["compress", "-m", str(checkpoint), "--recipe", str(recipe), "-o", str(tmp_path / "o"), "--no-speed"])
+    result = runner.invoke(
+        app, ["compress", "-m", str(checkpoint), "--recipe", str(recipe), "-o", str(tmp_path / "o"), "--no-speed"]
+    )
     assert result.exit_code == 0, result.output
     exported = yaml.safe_load((tmp_path / "o" / "crossget.yaml").read_text())
     assert exported["model"]["source"] == str(checkpoint) and exported["model"].get("pretrained") is None
@@ -339,22 +346,26 @@ def test_model_flag_wins_over_the_recipe_model(checkpoint, tmp_path):
 
 
 def test_recompressing_an_export_keeps_its_other_settings(checkpoint, tmp_path):
-    first = runner.invoke(app, ["compress", "-m", str(checkpoint), "--vision-r", "4", "--text-r", "3", "-o", str(tmp_path / "a"), "--no-speed"])
+    first = runner.invoke(
+        app, ["compress", "-m", str(checkpoint), "--vision-r", "4", "--text-r", "3", "-o", str(tmp_path / "a"), "--no-speed"]
+    )
     assert first.exit_code == 0, first.output
-    again = runner.invoke(app, ["compress", "-m", str(tmp_path / "a"), "--vision-r", "2", "-o", str(tmp_path / "b"), "--no-speed"])
+    again = runner.invoke(
+        app, ["compress", "-m", str(tmp_path / "a"), "--vision-r", "2", "-o", str(tmp_path / "b"), "--no-speed"]
+    )
     assert again.exit_code == 0, again.output
     exported = yaml.safe_load((tmp_path / "b" / "crossget.yaml").read_text())
     assert exported["reduction"] == {"method": "crossget", "vision_r": 2, "text_r": 3}
 
 
 def test_recipe_amp_follows_the_flag_rule_on_cpu(tmp_path):
-    from crossget_cli.cli.app import _finetune_config
+    from crossget_cli.cli.training import finetune_config_from
     from crossget_cli.recipes import load_recipe
 
     recipe = load_recipe("recipes/clip_vit_b16_rv16.yaml")
     assert recipe.finetune.amp == "fp16"
     flags = {"data": str(tmp_path), "device": "cpu", "amp": None}
     with pytest.raises(Exception, match="needs a CUDA device") as refused:
-        _finetune_config(recipe, flags)
+        finetune_config_from(recipe, flags)
     assert "--amp none" in refused.value.hint
-    assert _finetune_config(recipe, {**flags, "amp": "none"}).amp == "none"
+    assert finetune_config_from(recipe, {**flags, "amp": "none"}).amp == "none"

@@ -1,6 +1,7 @@
 """CoOp with CrossGET (SPEC §4, last paragraph) on tiny models with CLIP's real BPE
 vocabulary: the prompt embeddings against prompts tokenized normally, L_JS against
-ground-truth rows picked by hand, a short training run, the prompt files."""
+ground-truth rows picked by hand, a short training run through the shared loop, the
+prompt files, the objective's options and its recipe."""
 
 from __future__ import annotations
 
@@ -14,28 +15,26 @@ from tiny_models import BPE_TINY, save_hf_folder, save_openclip_folder
 from torch import nn
 
 import crossget_cli
-from crossget_cli.adapters.registry import find_adapter
-from crossget_cli.core import collect_cross_tokens, js_loss
-from crossget_cli.errors import CrossGetError
-from crossget_cli.train.coop import (
+from crossget_cli.adapters.coop import coop_losses, few_shot_indices
+from crossget_cli.adapters.model_io import LoadedModel, ModelIO
+from crossget_cli.adapters.prompts import (
     PROMPTS_FILE,
     PROMPTS_META,
-    CoopConfig,
     PromptLearner,
     coop_classifier,
-    coop_losses,
-    evaluate_coop,
-    few_shot_indices,
     load_prompts,
     save_prompts,
     token_embedding,
-    train_coop,
 )
+from crossget_cli.adapters.registry import find_adapter
+from crossget_cli.adapters.training import FinetuneConfig
+from crossget_cli.core import collect_cross_tokens, js_loss
 from crossget_cli.data.classification import load_classification
-from crossget_cli.adapters.model_io import ModelIO
-from crossget_cli.loading.preprocessing import model_io
-from crossget_cli.adapters.model_io import LoadedModel
+from crossget_cli.errors import CrossGetError
+from crossget_cli.evaluation.zeroshot import evaluate_coop
 from crossget_cli.loading.models import load_model
+from crossget_cli.loading.preprocessing import model_io
+from crossget_cli.train.loop import finetune
 
 CLASSES = {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 30, 220)}
 PHRASE = "a photo of a"
@@ -198,12 +197,23 @@ def test_losses_need_equal_depth_and_a_patched_model(tmp_path):
 # --------------------------------------------------------------------------- training
 
 
-def _train(folder, data, **overrides):
+OPTIONS = ("shots", "n_ctx", "ctx_init", "label_column", "classnames")
+
+
+def _coop_config(images, **settings) -> FinetuneConfig:
+    """A ``coop`` FinetuneConfig: the objective's options in ``options``, the rest as loop settings."""
+    options = {k: v for k, v in settings.items() if k in OPTIONS}
+    loop = {k: v for k, v in settings.items() if k not in OPTIONS}
+    return FinetuneConfig(data=str(images), objective="coop", options=options, **loop)
+
+
+def _train(folder, images, **overrides):
     io = _io(folder)
     base = {"shots": 3, "n_ctx": 4, "batch_size": 3, "epochs": 100, "lr": 0.002, "max_steps": 30, "seed": 0}
-    config = CoopConfig(**{**base, **overrides})
+    config = _coop_config(images, **{**base, **overrides})
     records = []
-    learner, history = train_coop(io, data, config, progress=records.append)
+    result = finetune(io, config, progress=records.append)
+    learner, history = result.modules["prompts"], result.history
     assert records == history
     return io, learner, history
 
@@ -214,7 +224,7 @@ def test_training_lowers_loss_and_changes_only_prompt_and_cross(folders, image_f
     before = {k: v.clone() for k, v in _io(folders["openclip"]).model.state_dict().items()}
     initial_ctx = PromptLearner(_io(folders["openclip"]), data.classnames, n_ctx=4, seed=0).ctx.detach().clone()
 
-    io, learner, history = _train(folders["openclip"], data)
+    io, learner, history = _train(folders["openclip"], image_folder)
     assert len(history) == 30 and [r["step"] for r in history] == list(range(1, 31))
     losses = [r["loss"] for r in history]
     assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
@@ -230,7 +240,7 @@ def test_training_lowers_loss_and_changes_only_prompt_and_cross(folders, image_f
     assert not io.model.training and all(p.requires_grad for p in io.model.parameters())
 
     # Deterministic on the CPU: a second run is identical.
-    io2, learner2, history2 = _train(folders["openclip"], data)
+    io2, learner2, history2 = _train(folders["openclip"], image_folder)
     assert [r["loss"] for r in history2] == losses
     assert torch.equal(learner2.ctx, learner.ctx)
     assert all(torch.equal(v, io2.model.state_dict()[k]) for k, v in after.items())
@@ -240,8 +250,7 @@ def test_training_lowers_loss_and_changes_only_prompt_and_cross(folders, image_f
 
 
 def test_training_hf_runs(folders, image_folder):
-    data = load_classification(str(image_folder))
-    _, _, history = _train(folders["hf"], data, max_steps=6, lr=0.02)
+    _, _, history = _train(folders["hf"], image_folder, max_steps=6, lr=0.02)
     assert len(history) == 6 and all(r["loss"] == r["loss"] for r in history)
     assert history[-1]["loss"] < history[0]["loss"]
 
@@ -263,7 +272,7 @@ def test_few_shot_subset():
 @pytest.mark.parametrize("init", [None, PHRASE])
 def test_save_load_round_trip(folders, image_folder, tmp_path, init):
     data = load_classification(str(image_folder))
-    io, learner, _ = _train(folders["openclip"], data, max_steps=3, init=init)
+    io, learner, _ = _train(folders["openclip"], image_folder, max_steps=3, ctx_init=init)
     out = save_prompts(learner, tmp_path / "prompts")
     assert sorted(p.name for p in out.iterdir()) == sorted([PROMPTS_FILE, PROMPTS_META])
     meta = json.loads((out / PROMPTS_META).read_text())
@@ -303,9 +312,8 @@ def test_load_prompts_errors(folders, tmp_path):
 
 def test_bad_inputs(folders, image_folder):
     io = _io(folders["openclip"])
-    data = load_classification(str(image_folder))
     with pytest.raises(CrossGetError, match="fewer than shots=5"):
-        train_coop(io, data, CoopConfig(shots=5, n_ctx=4, max_steps=1))
+        finetune(io, _coop_config(image_folder, shots=5, n_ctx=4, max_steps=1))
     with pytest.raises(CrossGetError, match="no room for class names"):
         PromptLearner(io, ["red"], n_ctx=14)
     with pytest.raises(CrossGetError, match="no room for class names"):
@@ -316,12 +324,12 @@ def test_bad_inputs(folders, image_folder):
         PromptLearner(io, ["a very long class name with many words"], n_ctx=8)
     with pytest.raises(CrossGetError, match="at least one class"):
         PromptLearner(io, [], n_ctx=4)
-    bad_configs = [{"shots": 0}, {"n_ctx": -1}, {"lr": 0}, {"batch_size": True}, {"momentum": 1.0}, {"init": "  "}]
+    bad_configs = [{"shots": 0}, {"n_ctx": -1}, {"lr": 0}, {"batch_size": True}, {"momentum": 1.0}, {"ctx_init": "  "}]
     for bad in bad_configs:
         with pytest.raises(CrossGetError):
-            CoopConfig(**bad)
+            _coop_config(image_folder, **bad)
     with pytest.raises(CrossGetError, match="is on cpu"):
-        train_coop(io, data, CoopConfig(shots=1, n_ctx=4, device="cuda"))
+        finetune(io, _coop_config(image_folder, shots=1, n_ctx=4, device="cuda"))
 
     fake = ModelIO(LoadedModel(nn.Sequential(nn.Linear(2, 2)), "mystery", "x"), lambda x: x, io.tokenize, io.device, io.dtype)
     with pytest.raises(CrossGetError, match="cannot find the token embedding"):
@@ -351,8 +359,6 @@ def test_compress_finetune_coop_then_eval_uses_the_learned_prompts(tmp_path):
     from typer.testing import CliRunner
 
     from crossget_cli.cli.app import app
-    from crossget_cli.train.coop import evaluate_coop, load_prompts
-    from crossget_cli.data.classification import load_classification
 
     runner = CliRunner()
     save_openclip_folder(tmp_path / "tiny")
@@ -391,3 +397,95 @@ def test_compress_finetune_coop_then_eval_uses_the_learned_prompts(tmp_path):
     io = model_io(load_model(str(out)))
     expected = evaluate_coop(io, load_prompts(io, out), load_classification(str(root)))
     assert report["results"]["zeroshot"][str(out)] == pytest.approx(expected)
+
+
+# --------------------------------------------------------------------------- the objective: resume, options, recipe
+
+
+def test_resumed_coop_run_equals_an_uninterrupted_one(folders, image_folder, tmp_path):
+    """The prompt context is the objective's module: checkpointed, and restored on resume."""
+    whole = _io(folders["openclip"])
+    config = _coop_config(image_folder, shots=3, n_ctx=4, batch_size=3, epochs=2, seed=1)
+    reference = finetune(whole, config)
+    assert reference.steps == 6
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_step_5(record):
+        if record["step"] == 5:
+            raise Crash
+
+    checkpointed = FinetuneConfig(**{**config.__dict__, "checkpoint_dir": str(tmp_path / "ckpt"), "checkpoint_every": 2})
+    with pytest.raises(Crash):
+        finetune(_io(folders["openclip"]), checkpointed, progress=crash_at_step_5)
+    second = _io(folders["openclip"])
+    resumed = finetune(second, FinetuneConfig(**{**checkpointed.__dict__, "resume": True}))
+    assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in reference.history], abs=1e-6)
+    learned = reference.modules["prompts"].ctx
+    assert not torch.allclose(learned, PromptLearner(whole, ["blue", "green", "red"], n_ctx=4, seed=1).ctx)
+    torch.testing.assert_close(resumed.modules["prompts"].ctx, learned, atol=1e-6, rtol=0)
+    for (name, a), b in zip(whole.model.state_dict().items(), second.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0), name
+
+
+def test_a_bad_objective_option_is_one_clear_error(image_folder, tmp_path, folders):
+    from typer.testing import CliRunner
+
+    from crossget_cli.cli.app import app
+    from crossget_cli.recipes import recipe_from_dict
+
+    data = str(image_folder)
+    with pytest.raises(CrossGetError, match="objective 'coop' has no option 'shot'") as err:
+        FinetuneConfig(data=data, objective="coop", options={"shot": 2})
+    assert "shots" in err.value.hint
+    with pytest.raises(CrossGetError, match="option shots must be a positive integer, got 0") as err:
+        FinetuneConfig(data=data, objective="coop", options={"shots": 0})
+    assert "--shots" in err.value.hint
+    with pytest.raises(CrossGetError, match="objective 'clip' takes no option 'shots'") as err:
+        FinetuneConfig(data=data, options={"shots": 2})
+    assert "--shots" in err.value.hint and "--objective" in err.value.hint
+
+    runner = CliRunner()
+    base = ["compress", "-m", str(folders["openclip"]), "-o", str(tmp_path / "o"), "--finetune", "--train-data", data]
+    for extra, named in [(["--shots", "2"], "takes no option 'shots'"), (["--objective", "coop", "--n-ctx", "0"], "n_ctx")]:
+        result = runner.invoke(app, [*base, *extra])
+        assert result.exit_code == 2 and named in result.stderr, result.output
+        assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+        assert not (tmp_path / "o").exists()
+
+    with pytest.raises(CrossGetError, match=r"finetune\.options: .*no option 'shot'"):
+        recipe_from_dict({"finetune": {"objective": "coop", "options": {"shot": 2}}})
+    with pytest.raises(CrossGetError, match=r"unknown recipe key finetune\.shots") as err:
+        recipe_from_dict({"finetune": {"objective": "coop", "shots": 16}})  # where older recipes had it
+    assert "finetune.options.shots" in err.value.hint
+
+
+def test_a_coop_recipe_round_trips_through_the_export(folders, image_folder, tmp_path):
+    from dataclasses import asdict
+
+    from crossget_cli.export.compress import compress
+    from crossget_cli.recipes import load_recipe, recipe_from_dict
+    from crossget_cli.train.loop import recipe_settings
+
+    # Keys a coop recipe leaves out take CoOp's defaults, not the CLIP fine-tune's.
+    shipped = FinetuneConfig(data="x", **recipe_settings(load_recipe("recipes/coop_vit_b16_rv16.yaml").finetune))
+    settings = ("optimizer", "momentum", "lr", "weight_decay", "batch_size", "epochs", "trainable", "js_weight", "task_weight")
+    assert tuple(getattr(shipped, k) for k in settings) == ("sgd", 0.9, 0.002, 5e-4, 32, 200, "cross", 10.0, 1.0)
+    assert shipped.options["shots"] == 16 and shipped.options["n_ctx"] == 16
+
+    recipe = recipe_from_dict(
+        {"reduction": {"vision_r": 2}, "finetune": {"objective": "coop", "amp": "none", "options": {"shots": 2, "n_ctx": 4}}}
+    )
+    config = FinetuneConfig(data=str(image_folder), **{**recipe_settings(recipe.finetune), "batch_size": 3, "max_steps": 2})
+    assert config.options == {"shots": 2, "n_ctx": 4, "ctx_init": None, "label_column": "label", "classnames": None}
+    out = tmp_path / "out"
+    result = compress(str(folders["openclip"]), out, recipe=recipe, finetune=config, measure_speed=False)
+    assert sorted(p.name for p in out.glob("coop_prompts.*")) == sorted([PROMPTS_FILE, PROMPTS_META])
+    exported = load_recipe(out / "crossget.yaml")
+    assert exported.finetune == result.recipe.finetune
+    assert exported.finetune.objective == "coop" and exported.finetune.trainable == "cross"
+    assert exported.finetune.options == {"shots": 2, "n_ctx": 4, "label_column": "label"}  # unset ones are left out
+    again = FinetuneConfig(data=exported.finetune.dataset, **recipe_settings(exported.finetune))
+    assert asdict(again) == asdict(config)  # the export reproduces the run's settings
+    assert recipe_from_dict(exported.to_dict()) == exported

@@ -5,20 +5,23 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch import nn
 from typer.testing import CliRunner
 
 import crossget_cli
+from crossget_cli.adapters.training import FinetuneConfig, Objective, register_objective
 from crossget_cli.cli.app import app
 from crossget_cli.errors import CrossGetError
-from crossget_cli.loading.preprocessing import model_io
-from crossget_cli.adapters.training import FinetuneConfig, Objective, register_objective
-from crossget_cli.train.loop import finetune
 from crossget_cli.loading.models import load_model
+from crossget_cli.loading.preprocessing import model_io
+from crossget_cli.train.loop import finetune
 
 runner = CliRunner()
 
@@ -327,7 +330,9 @@ def test_resume_refuses_other_settings(shapes, tiny, tmp_path):
         finetune(_io(tiny), again, settings={"text_r": 4})
     with pytest.raises(CrossGetError, match=r"lr=0.001.*lr=0.01"):
         finetune(_io(tiny), FinetuneConfig(**{**again.__dict__, "lr": 1e-2}), settings={"text_r": 0})
-    finetune(_io(tiny), FinetuneConfig(**{**again.__dict__, "max_steps": 3}), settings={"text_r": 0})  # a stopping rule may change
+    finetune(
+        _io(tiny), FinetuneConfig(**{**again.__dict__, "max_steps": 3}), settings={"text_r": 0}
+    )  # a stopping rule may change
 
 
 def test_export_records_the_steps_that_ran(shapes, tiny, tmp_path):
@@ -343,3 +348,82 @@ def test_export_records_the_steps_that_ran(shapes, tiny, tmp_path):
     spec = load_recipe(out / "crossget.yaml").finetune
     assert spec.max_steps == 1  # not just "epochs: 12": a re-run of the recipe stops where this one did
     assert recipe_settings(spec)["max_steps"] == 1
+
+
+class _Offset(nn.Module):
+    """The toy objective's own module: a 1-D and a 2-D parameter (no decay / decay)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(width))
+        self.gain = nn.Parameter(torch.ones(2, width))
+
+
+@dataclass(frozen=True)
+class _TargetOptions:
+    target: float = 1.0
+
+
+@register_objective("test-own-module")
+class _OwnModule(Objective):
+    """Pull the vision cross tokens to an offset the objective owns, and the offset to
+    ``target``: the loss needs the module, so only a run that trains and restores it
+    reproduces the reference. SGD with momentum by default (its buffers are resumed too)."""
+
+    parts = ("distance",)
+    default_js_weight = 0.0
+    defaults: ClassVar[dict] = {"optimizer": "sgd", "momentum": 0.9, "lr": 0.05, "weight_decay": 0.01, "trainable": "cross_image"}
+    Options = _TargetOptions
+
+    def dataset(self, io, config):
+        return list(range(8))
+
+    def modules(self, io, config, items):
+        self.offset = _Offset(io.model.visual.transformer.cross_image.shape[-1])
+        return {"offset": self.offset}
+
+    def losses(self, model, io, items, config):
+        cross = model.visual.transformer.cross_image
+        pulled = ((cross - self.offset.shift * self.offset.gain[0]) ** 2).sum()
+        target = self.parsed_options(config).target
+        distance = pulled + len(items) * ((self.offset.shift - target) ** 2).sum()
+        return {"distance": distance, "total": config.task_weight * distance}
+
+
+def test_an_objectives_own_module_is_trained_checkpointed_and_resumed(shapes, tiny, tmp_path):
+    base = {"data": str(shapes / "data.json"), "objective": "test-own-module", "batch_size": 2, "epochs": 2, "seed": 3}
+    config = FinetuneConfig(**base, options={"target": 2.0})
+    assert (config.optimizer, config.lr, config.trainable) == ("sgd", 0.05, "cross_image")  # the objective's defaults
+    assert FinetuneConfig(**base, lr=0.01).lr == 0.01  # a flag still wins
+    whole = _io(tiny)
+    frozen = whole.model.visual.conv1.weight.detach().clone()
+    reference = finetune(whole, config)
+    offset = reference.modules["offset"]
+    assert reference.steps == 8 and not offset.training
+    assert offset.shift.abs().min() > 0 and not torch.equal(offset.gain, torch.ones_like(offset.gain))  # both trained
+    assert reference.history[-1]["distance"] < reference.history[0]["distance"]
+    assert torch.equal(whole.model.visual.conv1.weight, frozen)
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_step_6(record):
+        if record["step"] == 6:
+            raise Crash
+
+    checkpointed = FinetuneConfig(**{**config.__dict__, "checkpoint_dir": str(tmp_path / "ckpt"), "checkpoint_every": 2})
+    with pytest.raises(Crash):
+        finetune(_io(tiny), checkpointed, progress=crash_at_step_6)
+    saved = torch.load(tmp_path / "ckpt" / "checkpoint.pt", weights_only=True)
+    assert saved["step"] == 4 and set(saved["modules"]) == {"offset"}  # the module's state at the checkpoint
+    second = _io(tiny)  # a fresh process: the objective builds a fresh module, the checkpoint fills it
+    resumed = finetune(second, FinetuneConfig(**{**checkpointed.__dict__, "resume": True}))
+    assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in reference.history], abs=1e-6)
+    for name, value in offset.state_dict().items():
+        assert torch.allclose(resumed.modules["offset"].state_dict()[name], value, atol=1e-6, rtol=0), name
+    for (name, a), b in zip(whole.model.state_dict().items(), second.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0), name
+    # Another option value is another run: refused on resume, like any other setting.
+    other = FinetuneConfig(**{**checkpointed.__dict__, "resume": True, "options": {"target": 3.0}})
+    with pytest.raises(CrossGetError, match="options"):
+        finetune(_io(tiny), other)

@@ -4,13 +4,15 @@ the process-group helpers a loss needs to cover the global batch.
 
 The loop that runs an objective lives in :mod:`crossget_cli.train`; objectives
 live with their family (``adapters/<family>/``) or, when they fit every dual
-encoder, in :mod:`crossget_cli.adapters.contrastive`.
+encoder, next to this module (:mod:`.contrastive`: ``clip``; :mod:`.coop`: ``coop``).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -29,12 +31,31 @@ from crossget_cli.registry import Registry
 TRAINABLE = ("all", "cross")
 AMP = ("none", "fp16", "bf16")
 SCHEDULES = ("cosine", "constant")
+OPTIMIZERS = ("adamw", "sgd")
+
+#: The settings an objective may give other defaults (:attr:`Objective.defaults`), with
+#: the loop's own: the paper's CLIP fine-tune (AdamW, lr 1e-5, weight decay 0.05, batch 64).
+LOOP_DEFAULTS: Mapping[str, Any] = {
+    "epochs": 1,
+    "batch_size": 64,
+    "lr": 1e-5,
+    "weight_decay": 0.05,
+    "optimizer": "adamw",
+    "momentum": 0.9,
+    "trainable": "all",
+}
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Attributes mirror the ``crossget compress --finetune`` flags; defaults are
-    the paper's (AdamW, lr 1e-5, weight decay 0.05, cosine to 0, ITC/L_JS 0.5/0.5)."""
+    """Attributes mirror the ``crossget compress --finetune`` flags.
+
+    A setting left ``None`` takes the objective's default (:attr:`Objective.defaults`,
+    ``default_js_weight``, ``task_weight_for``), else the loop's (:data:`LOOP_DEFAULTS`:
+    AdamW, lr 1e-5, weight decay 0.05, cosine to 0; ITC/L_JS 0.5/0.5 for ``clip``).
+    ``options`` are the objective's own settings (:attr:`Objective.Options`), checked and
+    completed with their defaults by :meth:`Objective.check_options`.
+    """
 
     data: str
     image_root: str | None = None
@@ -43,16 +64,18 @@ class FinetuneConfig:
     caption_column: str = "caption"
     val_data: str | None = None
     val_split: str = "val"
-    epochs: int = 1
+    epochs: int | None = None
     max_steps: int | None = None  # stop after this many optimizer steps
-    batch_size: int = 64  # global batch (split over processes)
+    batch_size: int | None = None  # global batch (split over processes)
     grad_accum: int = 1
-    lr: float = 1e-5
-    weight_decay: float = 0.05
+    lr: float | None = None
+    weight_decay: float | None = None  # not on biases and norms (parameters under 2-D)
+    optimizer: str | None = None  # adamw or sgd (with momentum)
+    momentum: float | None = None  # sgd only
     warmup_steps: int = 0
     schedule: str = "cosine"
     clip_grad: float | None = None
-    trainable: str = "all"  # all, cross, or comma-separated parameter-name substrings
+    trainable: str | None = None  # all, cross, a family's group, or comma-separated parameter-name substrings
     amp: str = "none"  # none, fp16 (with a gradient scaler), bf16; CUDA only
     objective: str = "clip"  # a registered Objective: what the loss is and what data it reads
     task_weight: float | None = None  # weight of the task loss (ITC for clip); None: the objective's default
@@ -66,8 +89,13 @@ class FinetuneConfig:
     log_every: int = 1
     limit: int | None = None  # use only the first N training images
     annotations: str | None = None  # VQA answers (VQAv2 annotation JSON) for VQA objectives
+    options: dict[str, Any] = field(default_factory=dict)  # the objective's own settings (Objective.Options)
 
     def __post_init__(self):
+        objective = get_objective(self.objective)
+        for name, value in {**LOOP_DEFAULTS, **objective.defaults}.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         positive = ("epochs", "batch_size", "grad_accum", "log_every")
         for name in positive:
             value = getattr(self, name)
@@ -79,6 +107,14 @@ class FinetuneConfig:
                 raise CrossGetError(f"{name} must be a positive integer, got {value!r}", "or leave it unset")
         if not (self.lr > 0):
             raise CrossGetError(f"lr must be > 0, got {self.lr!r}", "e.g. --lr 1e-5")
+        if not (
+            isinstance(self.weight_decay, (int, float)) and not isinstance(self.weight_decay, bool) and self.weight_decay >= 0
+        ):
+            raise CrossGetError(f"weight_decay must be >= 0, got {self.weight_decay!r}", "e.g. --weight-decay 0.05")
+        if self.optimizer not in OPTIMIZERS:
+            raise CrossGetError(f"unknown optimizer {self.optimizer!r}", f"choose one of: {', '.join(OPTIMIZERS)}")
+        if not (isinstance(self.momentum, (int, float)) and not isinstance(self.momentum, bool) and 0 <= self.momentum < 1):
+            raise CrossGetError(f"momentum must be in [0, 1), got {self.momentum!r}", "e.g. momentum=0.9")
         if self.schedule not in SCHEDULES:
             raise CrossGetError(f"unknown schedule {self.schedule!r}", f"choose one of: {', '.join(SCHEDULES)}")
         if self.amp not in AMP:
@@ -92,7 +128,7 @@ class FinetuneConfig:
             raise CrossGetError("--resume needs --checkpoint-dir", "pass the folder of the interrupted run")
         if self.checkpoint_dir:  # found now, not when the first checkpoint is due
             check_writable(self.checkpoint_dir, "--checkpoint-dir", folder=True)
-        objective = get_objective(self.objective)
+        object.__setattr__(self, "options", objective.check_options(self.options))
         if self.js_weight is None:
             object.__setattr__(self, "js_weight", objective.default_js_weight)
         if self.task_weight is None:
@@ -109,6 +145,20 @@ class Objective:
     ``losses`` returns the loss terms named in ``parts`` and their weighted ``"total"``,
     computed over the *global* batch when several processes train (gather what the
     loss couples across samples). ``metric`` is the validation score to maximise.
+
+    Optional, for an objective that needs more than the model's parameters:
+
+    * :attr:`defaults`: other defaults for the loop's settings (its optimizer, lr, epochs,
+      batch size, ``--trainable`` group); flags and recipe keys still override them;
+    * :attr:`Options` / :meth:`check_options`: settings of its own (``FinetuneConfig.options``,
+      ``finetune.options`` in a recipe), validated with one :class:`CrossGetError` naming
+      the bad option;
+    * :meth:`modules`: trainable modules of its own (e.g. learned prompts), optimised,
+      checkpointed and resumed with the model's selected parameters;
+    * :meth:`export_files`: files of its own in the exported folder (e.g. the prompts).
+
+    The loop makes one instance per run and calls ``dataset``, then ``modules``, then
+    ``losses`` for each batch: an instance may keep what the first two built.
     """
 
     name: ClassVar[str]
@@ -116,16 +166,64 @@ class Objective:
     metric: ClassVar[str] = "r_mean"
     default_js_weight: ClassVar[float] = 0.5
     default_task_weight: ClassVar[float] = 1.0
+    #: :data:`LOOP_DEFAULTS` keys this objective trains with by default, e.g.
+    #: ``{"optimizer": "sgd", "lr": 2e-3, "trainable": "cross"}``.
+    defaults: ClassVar[Mapping[str, Any]] = {}
+    #: The objective's options: a dataclass whose fields name them and give their
+    #: defaults (plain values: they are stored in checkpoints and recipes) and whose
+    #: ``__post_init__`` raises :class:`CrossGetError` on a bad value, naming the option.
+    #: ``None``: the objective takes no options.
+    Options: ClassVar[type | None] = None
 
     def task_weight_for(self, js_weight: float) -> float:
         """The task loss's weight when only ``js_weight`` is given."""
         return self.default_task_weight
 
+    def option_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(self.Options)) if self.Options is not None else ()
+
+    def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` checked (unknown names, then values through :attr:`Options`) and
+        completed with the defaults: what ``FinetuneConfig.options`` holds."""
+        if not isinstance(options, Mapping):
+            raise CrossGetError(
+                f"the options of objective {self.name!r} must be a mapping, got {options!r}", "e.g. {'shots': 16}"
+            )
+        names = self.option_names()
+        for key in options:
+            if key not in names:
+                flag = f"--{str(key).replace('_', '-')}"
+                if not names:
+                    raise CrossGetError(
+                        f"fine-tuning objective {self.name!r} takes no option {key!r}",
+                        f"drop {flag} (finetune.options.{key} in a recipe), or choose the --objective it belongs to",
+                    )
+                raise CrossGetError(
+                    f"fine-tuning objective {self.name!r} has no option {key!r}", f"its options: {', '.join(names)}"
+                )
+        return asdict(self.Options(**options)) if self.Options is not None else {}
+
+    def parsed_options(self, config: FinetuneConfig) -> Any:
+        """``config.options`` as an :attr:`Options` instance."""
+        return self.Options(**config.options) if self.Options is not None else None
+
     def dataset(self, io: ModelIO, config: FinetuneConfig) -> Dataset:
         raise NotImplementedError
 
+    def modules(self, io: ModelIO, config: FinetuneConfig, items: Dataset) -> dict[str, nn.Module]:
+        """Trainable modules the objective owns besides the model, by name, on ``io.device``
+        (built once the training ``items`` are known; ``losses`` uses them). The loop
+        optimises their parameters that require grad with the model's selected ones, saves
+        their ``state_dict`` in each checkpoint and loads it on resume, keeps the best
+        epoch's with validation, and returns them in ``FinetuneResult.modules``."""
+        return {}
+
     def losses(self, model: nn.Module, io: ModelIO, items: list[Any], config: FinetuneConfig) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def export_files(self, modules: Mapping[str, nn.Module], folder: Path) -> None:
+        """Write what an export keeps of the trained ``modules`` into ``folder`` (the
+        folder being written; it is renamed into place afterwards)."""
 
     def validator(self, config: FinetuneConfig) -> Callable[[ModelIO], dict[str, float]] | None:
         """Scores of the model on ``config.val_data`` (including ``metric``), or None: no validation."""

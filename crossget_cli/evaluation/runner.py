@@ -20,12 +20,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from crossget_cli.adapters.base import Adapter
+from crossget_cli.adapters.model_io import ModelIO
 from crossget_cli.adapters.registry import find_adapter
 from crossget_cli.errors import CrossGetError
-from crossget_cli.adapters.model_io import ModelIO
-from crossget_cli.loading.preprocessing import model_io
 from crossget_cli.loading.formats import DTYPES
 from crossget_cli.loading.models import load_model
+from crossget_cli.loading.preprocessing import model_io
 
 SCHEMA_VERSION = 1
 TASKS = ("retrieval", "zeroshot", "captioning", "vqa", "multiple-choice")
@@ -167,9 +167,7 @@ def _caption_metrics(data, captions: dict[str, str], notes: list[str]) -> dict[s
     if java_requirements_missing():
         _note(notes, "METEOR and SPICE skipped: they need pycocoevalcap (pip install 'crossget[coco]') and a Java runtime")
         return caption_scores(refs, captions)
-    return caption_scores(
-        refs, captions, meteor_spice=True, on_skip=lambda name, err: _note(notes, f"{name} skipped: {err}")
-    )
+    return caption_scores(refs, captions, meteor_spice=True, on_skip=lambda name, err: _note(notes, f"{name} skipped: {err}"))
 
 
 def _note(notes: list[str], text: str) -> None:
@@ -361,7 +359,7 @@ def _run_zeroshot(io: ModelIO, data, config: EvalConfig, report, notes: list[str
     dataset, templates = data
     learned = _learned_prompts(io, dataset.classnames)
     if learned is not None:
-        from crossget_cli.train.coop import coop_classifier
+        from crossget_cli.adapters.prompts import coop_classifier
 
         classes = coop_classifier(io, learned)
         _note(notes, f"{io.loaded.source}: class prompts are the learned CoOp prompts saved with the model, not --templates")
@@ -377,10 +375,10 @@ def _learned_prompts(io: ModelIO, classnames: Sequence[str]):
     they must have been learned for the same classes."""
     from pathlib import Path
 
-    from crossget_cli.train.coop import load_prompts
+    from crossget_cli.adapters.prompts import PROMPTS_META, load_prompts
 
     folder = Path(io.loaded.source)
-    if not (folder / "coop_prompts.json").is_file():
+    if not (folder / PROMPTS_META).is_file():
         return None
     learner = load_prompts(io, folder)
 

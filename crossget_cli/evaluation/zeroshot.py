@@ -1,4 +1,5 @@
-"""Zero-shot classification: class embeddings from prompt templates, top-k accuracy."""
+"""Zero-shot classification: class embeddings from prompt templates, top-k accuracy,
+and the accuracy of learned (CoOp) prompts."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Sequence
 import torch
 
 from crossget_cli.adapters.model_io import ModelIO
+from crossget_cli.adapters.prompts import PromptLearner, coop_classifier
+from crossget_cli.errors import CrossGetError
 
 
 def class_embeddings(io: ModelIO, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 256) -> torch.Tensor:
@@ -27,3 +30,23 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] 
     for k in ks:
         out[f"top{k}"] = 100.0 * (ranked[:, :k] == labels[:, None]).any(dim=1).float().mean().item()
     return out
+
+
+def evaluate_coop(io: ModelIO, learner: PromptLearner, data, batch_size: int = 64, num_workers: int = 0) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (percent) of the learned prompts on classification ``data``."""
+    from torch.utils.data import DataLoader
+
+    if list(data.classnames) != learner.classnames:
+        raise CrossGetError(
+            "the data's classes differ from the classes the prompts were learned for",
+            "evaluate on data with the same class names, in the same order",
+        )
+    classes = coop_classifier(io, learner)
+    loader = DataLoader(data.image_dataset(io.transform), batch_size=batch_size, num_workers=num_workers)
+    was_training = io.model.training
+    io.model.eval()
+    try:
+        images = io.encode_images(batch for _, batch in loader)
+    finally:
+        io.model.train(was_training)
+    return topk_accuracy(images @ classes.t(), torch.as_tensor(data.labels))

@@ -5,7 +5,8 @@ An exported folder holds:
 * ``model.safetensors``: every weight, cross tokens included;
 * the model's own config: ``open_clip_config.json`` or transformers' ``config.json``;
 * ``crossget.yaml``: the recipe that made it plus provenance (versions, weights hash);
-* ``report.json``: tokens per layer and GMACs, original and compressed.
+* ``report.json``: tokens per layer and GMACs, original and compressed;
+* after a fine-tune, the files its objective exports (``coop``: ``coop_prompts.*``).
 
 It is written to a temporary sibling folder and renamed into place, so a failed
 run leaves nothing half-written.
@@ -22,22 +23,20 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
-from crossget_cli.version import __version__
-from crossget_cli.adapters.registry import find_adapter
+from crossget_cli.adapters.model_io import OPEN_CLIP, LoadedModel
 from crossget_cli.adapters.patching import patch, reduction_config
+from crossget_cli.adapters.registry import find_adapter
 from crossget_cli.config import plain_r
 from crossget_cli.errors import CrossGetError
-from crossget_cli.recipes import FinetuneSpec, Recipe, ReductionSpec, load_recipe
 from crossget_cli.files import check_writable, sha256, write_folder
-from crossget_cli.adapters.model_io import OPEN_CLIP, LoadedModel
 from crossget_cli.loading.exported import OPENCLIP_CONFIG_FILE, RECIPE_FILE, REPORT_FILE, WEIGHTS_FILE
 from crossget_cli.loading.formats import dtype_name
 from crossget_cli.loading.models import load_model
+from crossget_cli.recipes import FinetuneSpec, Recipe, ReductionSpec, load_recipe
+from crossget_cli.version import __version__
 
 if TYPE_CHECKING:
-    from crossget_cli.train.coop import CoopRun
     from crossget_cli.adapters.training import FinetuneConfig
-
 
 
 @dataclass
@@ -59,7 +58,7 @@ def compress(
     method: str | None = None,
     overwrite: bool = False,
     measure_speed: bool = True,
-    finetune: FinetuneConfig | CoopRun | None = None,
+    finetune: FinetuneConfig | None = None,
     progress=None,
 ) -> CompressResult:
     """Load ``source``, patch it with CrossGET and export it to ``output``.
@@ -67,8 +66,9 @@ def compress(
     ``vision_r``/``text_r`` override the recipe's reduction; ``source`` and
     ``pretrained`` override its model section. With ``measure_speed`` the report
     also holds a short ``crossget profile`` run (batch 1, original vs compressed).
-    With ``finetune``, the patched model is fine-tuned with ITC + L_JS first
-    (under ``torchrun`` only rank 0 writes the output).
+    With ``finetune``, the patched model is fine-tuned with its objective first (ITC
+    + L_JS for ``clip``), and the objective's files join the export (under
+    ``torchrun`` only rank 0 writes the output).
     """
     if isinstance(recipe, (str, Path)):
         recipe = load_recipe(recipe)
@@ -94,11 +94,9 @@ def compress(
         recipe, model=replace(recipe.model, source=source, pretrained=pretrained), reduction=reduction, provenance=None
     )
     trained, extra_files = None, None
-    if finetune is not None and hasattr(finetune, "config"):  # a CoOp run
-        trained, extra_files = _finetune_coop(loaded, finetune, progress)
-        recipe = replace(recipe, finetune=_coop_spec(recipe, finetune))
-    elif finetune is not None:
-        trained = _finetune(loaded, finetune, progress, settings={"source": source, "pretrained": pretrained, **asdict(reduction)})
+    if finetune is not None:
+        settings = {"source": source, "pretrained": pretrained, **asdict(reduction)}
+        trained, extra_files = _finetune(loaded, finetune, progress, settings=settings)
         from crossget_cli.train.loop import recipe_spec
 
         recipe = replace(recipe, finetune=recipe_spec(recipe.finetune or FinetuneSpec(), finetune))
@@ -119,51 +117,24 @@ def _exported_reduction(source: str | None) -> Recipe | None:
     return Recipe(reduction=load_recipe(exported).reduction) if exported and exported.is_file() else None
 
 
-def _finetune_coop(loaded: LoadedModel, run: CoopRun, progress):
-    """Train CoOp prompts and the cross tokens; the prompts travel with the export."""
-    from crossget_cli.train.coop import run_coop, save_prompts
-    from crossget_cli.loading.preprocessing import model_io
-
-    io = model_io(loaded, run.config.device)
-    learner, history = run_coop(io, run, progress)
-    io.model.to("cpu", torch.float32)
-    trained = {
-        "objective": "coop",
-        "steps": len(history),
-        "final_loss": history[-1]["loss"] if history else None,
-        "history": history,
-    }
-    return trained, lambda folder: save_prompts(learner.cpu(), folder)
-
-
-def _coop_spec(recipe: Recipe, run: CoopRun) -> FinetuneSpec:
-    base = recipe.finetune or FinetuneSpec()
-    config = run.config
-    return replace(
-        base,
-        objective="coop",
-        js_weight=config.js_weight,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        trainable="prompt+cross",
-        shots=config.shots,
-        dataset=run.data,
-    )
-
-
-def _finetune(loaded: LoadedModel, config: FinetuneConfig, progress, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+def _finetune(
+    loaded: LoadedModel, config: FinetuneConfig, progress, settings: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], Callable[[Path], None]]:
+    """Fine-tune in place; the report's ``finetune`` section and what writes the
+    objective's files into the export."""
+    from crossget_cli.adapters.training import get_objective, init_distributed, world_info
     from crossget_cli.loading.preprocessing import model_io
     from crossget_cli.train.loop import finetune
-    from crossget_cli.adapters.training import get_objective, init_distributed, world_info
 
     init_distributed(config.device)
     io = model_io(loaded, config.device)
-    evaluate = get_objective(config.objective).validator(config) if config.val_data else None
+    objective = get_objective(config.objective)
+    evaluate = objective.validator(config) if config.val_data else None
     result = finetune(io, config, progress=progress, evaluate=evaluate, settings=settings)
     io.model.to("cpu", torch.float32)
-    return {**result.to_dict(), "rank": world_info()[0], "history": result.history}
+    modules = {name: module.cpu() for name, module in result.modules.items()}
+    report = {**result.to_dict(), "rank": world_info()[0], "history": result.history}
+    return report, lambda folder: objective.export_files(modules, folder)
 
 
 def _load_cross_tokens(loaded: LoadedModel) -> None:
@@ -193,8 +164,8 @@ def build_report(model: nn.Module, measure_speed: bool = False, model_name: str 
     compressed (the compressed model is measured as it is, the original on an
     unpatched copy); with ``measure_speed``, also the ``crossget profile``
     report of the two at batch 1 under ``"profile"``."""
-    from crossget_cli.profile.speed import ProfileConfig, profile_model
     from crossget_cli.profile.report import reduction_report
+    from crossget_cli.profile.speed import ProfileConfig, profile_model
 
     report = reduction_report(model)
     if measure_speed:
@@ -213,7 +184,7 @@ def export(
     extra_files: Callable[[Path], None] | None = None,
 ) -> None:
     """Write the folder described in the module doc; ``extra_files(folder)`` adds
-    files (learned prompts) before the folder is renamed into place."""
+    files (a fine-tune objective's, e.g. learned prompts) before the folder is renamed into place."""
     from safetensors.torch import save_model
 
     model = loaded.model

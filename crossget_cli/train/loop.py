@@ -2,17 +2,19 @@
 of ``crossget compress --finetune``.
 
 What is optimised is an :class:`~crossget_cli.adapters.training.Objective` (its
-training items and its losses), registered by name: ``clip`` (ITC + L_JS on
-image-caption pairs) is in :mod:`crossget_cli.adapters.contrastive`; model families
-register theirs in their own folders. The loop is shared.
+training items and its losses, and any modules of its own), registered by name:
+``clip`` (ITC + L_JS on image-caption pairs) is in :mod:`crossget_cli.adapters.contrastive`,
+``coop`` (prompt learning) in :mod:`crossget_cli.adapters.coop`; model families
+register theirs in their own folders. The loop is shared: AdamW or SGD, linear
+warm-up then cosine (or constant), AMP, checkpoints, DDP.
 
 One process or several (``torchrun``: distributed data parallel, gloo on CPU,
 NCCL on CUDA) run the same loop. Every rank sees the same seeded global batch
 order and takes its slice; features and cross tokens are gathered (with
 gradients) so the loss is the loss of the global batch, and a 2-process run
 equals a 1-process run of the same global batch. Checkpoints hold everything
-needed to continue exactly: model, optimizer, scheduler, gradient scaler, RNG
-states and the position in the data.
+needed to continue exactly: model, the objective's modules, optimizer, scheduler,
+gradient scaler, RNG states and the position in the data.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from crossget_cli.adapters.model_io import ModelIO
 from crossget_cli.adapters.registry import find_adapter
 from crossget_cli.adapters.training import AMP, TRAINABLE, FinetuneConfig, get_objective, world_info
 from crossget_cli.errors import CrossGetError
-from crossget_cli.adapters.model_io import ModelIO
 from crossget_cli.files import write_atomic
 from crossget_cli.loading.formats import unreadable_reason
 
@@ -42,12 +44,16 @@ if TYPE_CHECKING:
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "train_log.jsonl"
 
-def recipe_settings(spec: FinetuneSpec | None) -> dict[str, Any]:
+
+def recipe_settings(spec: FinetuneSpec | None, objective: str | None = None) -> dict[str, Any]:
     """The FinetuneConfig fields a recipe's ``finetune`` section sets (flags override
-    them). Its ``amp`` follows the flag's rule: refused off CUDA, never dropped."""
+    them). Its ``amp`` follows the flag's rule: refused off CUDA, never dropped. Its
+    ``options`` belong to its objective: they are left out when the run's ``objective``
+    (a flag's) is another one."""
     if spec is None:
         return {}
     settings = dict(
+        objective=spec.objective,
         lr=spec.lr,
         weight_decay=spec.weight_decay,
         epochs=spec.epochs,
@@ -57,10 +63,12 @@ def recipe_settings(spec: FinetuneSpec | None) -> dict[str, Any]:
     )
     if spec.max_steps is not None:
         settings["max_steps"] = spec.max_steps
-    if spec.trainable is not None and spec.trainable != "prompt+cross":  # CoOp's own, set by its loop
+    if spec.trainable is not None:
         settings["trainable"] = spec.trainable
     if spec.amp in AMP:
         settings["amp"] = spec.amp
+    if spec.options and objective in (None, spec.objective):
+        settings["options"] = dict(spec.options)
     return settings
 
 
@@ -78,6 +86,7 @@ def recipe_spec(base: FinetuneSpec, config: FinetuneConfig) -> FinetuneSpec:
         schedule=config.schedule,
         trainable=config.trainable,
         amp=config.amp,
+        options=dict(config.options),
         dataset=config.data,
     )
 
@@ -90,6 +99,7 @@ class FinetuneResult:
     best: dict | None  # {"epoch", "metric", "value"} when validation ran
     config: FinetuneConfig
     validation: list[dict] = field(default_factory=list)  # per epoch: {"epoch", "step", "scores"}
+    modules: dict[str, nn.Module] = field(default_factory=dict)  # the objective's trained modules (Objective.modules)
 
     def to_dict(self) -> dict:
         return {
@@ -133,6 +143,16 @@ def _lr_lambda(config: FinetuneConfig, total_steps: int) -> Callable[[int], floa
 
     return factor
 
+
+def build_optimizer(config: FinetuneConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """``config.optimizer`` over ``params``: weight decay on the parameters of 2 or more
+    dimensions only (none on biases and norms); SGD with ``config.momentum``."""
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    return torch.optim.AdamW(groups, lr=config.lr)
 
 
 def _average_gradients(params: list[nn.Parameter], world: int) -> None:
@@ -220,6 +240,11 @@ def finetune(
     """
     settings = dict(settings or {})
     model = io.model
+    if torch.device(config.device).type != io.device.type:
+        raise CrossGetError(
+            f"the model is on {io.device} but the fine-tuning config asks for {config.device}",
+            f"load the model with model_io(..., device={config.device!r}), or pass --device {io.device.type}",
+        )
     objective = get_objective(config.objective)
     rank, world = world_info()
     if config.batch_size % (world * config.grad_accum):
@@ -234,19 +259,18 @@ def finetune(
     if steps_per_epoch == 0:
         raise CrossGetError(f"{len(items)} training items are fewer than one batch of {config.batch_size}", "lower --batch-size")
     total_steps = min(config.max_steps or 10**12, steps_per_epoch * config.epochs)
+    modules = objective.modules(io, config, items)
 
     select_trainable(model, config.trainable)
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=config.lr
-    )
+    params += [p for module in modules.values() for p in module.parameters() if p.requires_grad]
+    optimizer = build_optimizer(config, params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total_steps))
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16")
     amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.amp)
 
     step, epoch, position, history, best, best_state, validation = 0, 0, 0, [], None, None, []
+    best_modules = None
     checkpoint = Path(config.checkpoint_dir) / CHECKPOINT_FILE if config.checkpoint_dir else None
     if config.resume:
         if not checkpoint.is_file():
@@ -254,12 +278,13 @@ def finetune(
         saved = load_checkpoint(checkpoint)
         _check_resumable(saved, config, settings, checkpoint)
         model.load_state_dict(saved["model"])
+        _load_modules(modules, saved.get("modules", {}), checkpoint)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         scaler.load_state_dict(saved["scaler"])
         _set_rng_state(saved["rng"])
         step, epoch, position, best = saved["step"], saved["epoch"], saved["position"], saved["best"]
-        history, best_state = list(saved.get("history", [])), saved.get("best_state")
+        history, best_state, best_modules = list(saved.get("history", [])), saved.get("best_state"), saved.get("best_modules")
         validation = list(saved.get("validation", []))
     if checkpoint is not None and rank == 0:
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -272,6 +297,7 @@ def finetune(
             return
         state = {
             "model": model.state_dict(),
+            "modules": {name: module.state_dict() for name, module in modules.items()},
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
@@ -281,6 +307,7 @@ def finetune(
             "position": position,
             "best": best,
             "best_state": best_state,  # the export after an interruption must be the best epoch's
+            "best_modules": best_modules,
             "history": history,
             "validation": validation,
             "config": asdict(config),
@@ -288,7 +315,7 @@ def finetune(
         }
         write_atomic(checkpoint, lambda tmp: torch.save(state, tmp))
 
-    model.train()
+    _set_mode(model, modules, training=True)
     local = config.batch_size // world
     micro = local // config.grad_accum
     last_loss = None
@@ -336,9 +363,9 @@ def finetune(
                 save_checkpoint()
         if position >= steps_per_epoch:
             if evaluate is not None and rank == 0:
-                model.eval()
+                _set_mode(model, modules, training=False)
                 scores = evaluate(io)
-                model.train()
+                _set_mode(model, modules, training=True)
                 metric = objective.metric
                 validation.append({"epoch": epoch, "step": step, "metric": metric, "scores": scores})
                 if log is not None:
@@ -346,16 +373,36 @@ def finetune(
                         handle.write(json.dumps({"step": step, "epoch": epoch, "validation": scores}) + "\n")
                 if best is None or scores[metric] > best["value"]:
                     best = {"epoch": epoch, "metric": metric, "value": scores[metric], "scores": scores}
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    best_state = _copy_state(model)
+                    best_modules = {name: _copy_state(module) for name, module in modules.items()}
             epoch, position = epoch + 1, 0
             save_checkpoint()
     if position:  # stopped inside an epoch (--max-steps): a later --resume goes on from here
         save_checkpoint()
     if best_state is not None:
         model.load_state_dict(best_state)
-    model.eval()
+        _load_modules(modules, best_modules or {}, checkpoint)
+    _set_mode(model, modules, training=False)
     for param in model.parameters():
         param.requires_grad_(True)
-    return FinetuneResult(step, last_loss, history, best, config, validation)
+    return FinetuneResult(step, last_loss, history, best, config, validation, modules)
 
 
+def _copy_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _set_mode(model: nn.Module, modules: dict[str, nn.Module], training: bool) -> None:
+    for module in (model, *modules.values()):
+        module.train(training)
+
+
+def _load_modules(modules: dict[str, nn.Module], states: dict[str, dict], path: Path | None) -> None:
+    """Load the objective's modules from a checkpoint's ``states``; each must be there."""
+    for name, module in modules.items():
+        if name not in states:
+            raise CrossGetError(
+                f"{path} holds no state for the objective's module {name!r}",
+                "start without --resume (the checkpoint is of another run)",
+            )
+        module.load_state_dict(states[name])

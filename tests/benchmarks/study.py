@@ -110,7 +110,7 @@ def _image_gmacs(model) -> float:
 
 def run_study(output: str | Path, settings: StudySettings = StudySettings(), log=print) -> list[Row]:
     from crossget_cli.export.compress import compress
-    from crossget_cli.train.native import train
+    from crossget_cli.export.native import train
 
     output = Path(output)
     (output / "rows").mkdir(parents=True, exist_ok=True)

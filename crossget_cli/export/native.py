@@ -1,11 +1,12 @@
 """``crossget train``: train or fine-tune a model *without* compressing it, and save
 it in its own format (an open_clip folder, or a transformers folder).
 
-It runs the fine-tuning loop of :mod:`.finetune` on the unpatched model (the ``clip``
-objective is then plain ITC), so it serves two jobs: training a small CLIP from
-scratch (``--pretrained none``; that is how the built-in ``crossget-shapes-tiny``
-was made), and the *control* of an accuracy study: the original model fine-tuned
-for the same steps as a compressed one.
+It runs the fine-tuning loop (:func:`crossget_cli.train.loop.finetune`) on the
+unpatched model (the ``clip`` objective is then plain ITC), so it serves two jobs:
+training a small CLIP from scratch (``--pretrained none``; that is how the built-in
+``crossget-shapes-tiny`` was made), and the *control* of an accuracy study: the
+original model fine-tuned for the same steps as a compressed one. It sits with the
+exports (above ``train``): it trains, then writes a folder.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from typing import Any, Callable
 
 import torch
 
+from crossget_cli.adapters.model_io import OPEN_CLIP, LoadedModel
 from crossget_cli.adapters.patching import is_patched
-from crossget_cli.errors import CrossGetError
-from crossget_cli.files import write_folder
 from crossget_cli.adapters.training import FinetuneConfig
+from crossget_cli.errors import CrossGetError
+from crossget_cli.export.compress import check_output, save_model_config
+from crossget_cli.files import write_folder
 from crossget_cli.loading.formats import DTYPES
 from crossget_cli.loading.models import OPENCLIP_WEIGHTS_FILE, load_model
-from crossget_cli.adapters.model_io import OPEN_CLIP, LoadedModel
 
 TRAINING_FILE = "training.json"
 
@@ -47,11 +49,10 @@ def train(
     """Load ``source`` (seeded, so ``--pretrained none`` initialises reproducibly),
     train it with ``config`` and save it to ``output`` with its weights in
     ``save_dtype``, its preprocessing and tokenizer, and ``training.json``."""
-    from crossget_cli.loading.preprocessing import model_io
-    from crossget_cli.export.compress import check_output
-    from crossget_cli.files import sha256
-    from crossget_cli.train.loop import finetune
     from crossget_cli.adapters.training import get_objective, init_distributed, world_info
+    from crossget_cli.files import sha256
+    from crossget_cli.loading.preprocessing import model_io
+    from crossget_cli.train.loop import finetune
 
     if save_dtype not in DTYPES:
         raise CrossGetError(f"unknown --save-dtype {save_dtype!r}", f"choose one of: {', '.join(DTYPES)}")
@@ -67,9 +68,11 @@ def train(
         )
     init_distributed(config.device)
     io = model_io(loaded, config.device)
-    evaluate = get_objective(config.objective).validator(config) if config.val_data else None
+    objective = get_objective(config.objective)
+    evaluate = objective.validator(config) if config.val_data else None
     result = finetune(io, config, progress=progress, evaluate=evaluate)
     loaded.model.to("cpu", torch.float32)
+    modules = {name: module.cpu() for name, module in result.modules.items()}
     if world_info()[0] != 0:
         return TrainResult(output, {})
     training = {**result.to_dict(), "history": result.history, "source": source, "pretrained": pretrained}
@@ -79,6 +82,7 @@ def train(
         training["weights_sha256"] = sha256(weights)
         training["save_dtype"] = save_dtype
         (tmp / TRAINING_FILE).write_text(json.dumps(training, indent=2, default=str))
+        objective.export_files(modules, tmp)
 
     write_folder(output, fill)
     return TrainResult(output, training)
@@ -89,8 +93,6 @@ def save_native(loaded: LoadedModel, folder: Path, dtype: torch.dtype = torch.fl
     ``open_clip_model.safetensors`` (loadable by ``open_clip.create_model("local-dir:...")``),
     or a transformers folder with its tokenizer and image processor. Returns the weights file."""
     from safetensors.torch import save_file
-
-    from crossget_cli.export.compress import save_model_config
 
     model = loaded.model
     save_model_config(loaded, folder)

@@ -1,0 +1,316 @@
+"""``crossget profile`` (FLOPs, speed, memory over a sweep of r) and ``crossget eval``
+(retrieval, zero-shot, captioning, VQA, multiple choice)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from crossget_cli.cli.common import (
+    DebugOpt,
+    JsonOpt,
+    ModelOpt,
+    PretrainedOpt,
+    handle_errors,
+    print_json,
+    read_json,
+    stderr,
+    stdout,
+    write_text_atomic,
+)
+from crossget_cli.errors import CrossGetError
+
+
+def parse_sweep(option: str, value: Optional[str]):
+    """``"0,4,8"`` -> [0, 4, 8]; a per-layer setting joins its values with
+    ``/`` (``"16,4/4/2/2"`` -> [16, (4, 4, 2, 2)])."""
+    if value is None:
+        return None
+    sweep = []
+    for item in value.split(","):
+        try:
+            numbers = [int(p) for p in item.strip().split("/")]
+        except ValueError:
+            raise CrossGetError(
+                f"{option} must be comma-separated integers (per-layer values joined by '/'), got {value!r}",
+                f"e.g. {option} 0,8,16",
+            ) from None
+        if any(n < 0 for n in numbers):
+            raise CrossGetError(f"{option} must be >= 0, got {value!r}", "r is the number of tokens merged per layer")
+        sweep.append(numbers[0] if len(numbers) == 1 else tuple(numbers))
+    return sweep
+
+
+def parse_ints(option: str, value: str) -> list[int]:
+    try:
+        numbers = [int(p) for p in value.split(",")]
+    except ValueError:
+        raise CrossGetError(f"{option} must be comma-separated integers, got {value!r}", f"e.g. {option} 1,32") from None
+    if any(n < 1 for n in numbers):
+        raise CrossGetError(f"{option} values must be >= 1, got {value!r}", f"e.g. {option} 1,32")
+    return numbers
+
+
+@handle_errors
+def profile(
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    vision_r: Annotated[
+        Optional[str], typer.Option("--vision-r", help="Vision r sweep, e.g. 0,4,8,12,16 (per-layer: 4/4/2/2).")
+    ] = None,
+    text_r: Annotated[Optional[str], typer.Option("--text-r", help="Text r sweep, e.g. 0,6.")] = None,
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Throughput batch sizes; latency is at batch 1.")] = "1,32",
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
+    dtype: Annotated[str, typer.Option("--dtype", help="fp32, fp16 or bf16.")] = "fp32",
+    threads: Annotated[Optional[int], typer.Option("--threads", help="torch.set_num_threads while profiling.")] = None,
+    compile_: Annotated[bool, typer.Option("--compile", help="Run the encoders through torch.compile.")] = False,
+    cuda_graphs: Annotated[
+        bool,
+        typer.Option(
+            "--cuda-graphs",
+            help="Time CUDA-graph replays of the encoder forwards (original and compressed alike), captured once per "
+            "run, tower and batch size. Needs --device cuda; not with --compile. MACs, memory and matching time stay "
+            "eager, and so does --generation timing.",
+        ),
+    ] = False,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed forwards per setting and batch size.")] = 3,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed forwards per setting and batch size (median reported).")] = 10,
+    towers: Annotated[str, typer.Option("--towers", help="both, image or text.")] = "both",
+    method: Annotated[
+        str, typer.Option("--method", help="crossget or tome (the ToMe baseline) for every swept run.")
+    ] = "crossget",
+    generation: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--generation/--no-generation",
+            help="Generative models (BLIP captioning/VQA, BLIP-2, LLaVA): also time prefill, decode and end-to-end generation "
+            "(default: on for them; always eager, also with --cuda-graphs).",
+        ),
+    ] = None,
+    new_tokens: Annotated[int, typer.Option("--new-tokens", help="Tokens generated per item when timing generation.")] = 20,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of throughput and GMACs against r.")] = None,
+    accuracy: Annotated[
+        Optional[Path], typer.Option("--accuracy", help="JSON mapping run label (e.g. rv16_rl0) to accuracy, for the plot.")
+    ] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the JSON report to this file.")] = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+):
+    """FLOPs, throughput, latency, memory and matching time: original vs CrossGET, over a sweep of r.
+    Generative models (BLIP captioning/VQA, BLIP-2, LLaVA): also prefill latency, decode tokens/s, items/s, memory."""
+    from crossget_cli.adapters.patching import reduction_config
+    from crossget_cli.cli.render import profile_table, progress_bar
+    from crossget_cli.files import check_writable, write_atomic
+    from crossget_cli.loading.models import load_model
+    from crossget_cli.profile.plot import plot_report
+    from crossget_cli.profile.speed import ProfileConfig, check_cuda_graphs, profile_model
+
+    if cuda_graphs:  # refused before a model is loaded
+        check_cuda_graphs(device, compile_)
+    for path, option in ((output, "--output"), (plot, "--plot")):
+        if path:
+            check_writable(path, option)
+    vision_sweep, text_sweep = parse_sweep("--vision-r", vision_r), parse_sweep("--text-r", text_r)
+    accuracy_data = read_json(accuracy, "--accuracy") if accuracy else None
+    loaded = load_model(model, pretrained)
+    from crossget_cli.adapters.registry import find_adapter
+
+    adapter = find_adapter(loaded.model)
+    reduces_text = "text" in adapter.reduces
+    current = reduction_config(loaded.model)
+    if vision_sweep is None and text_sweep is None and current is not None:
+        vision_sweep, text_sweep = [current.vision_r], [current.text_r]
+    config = ProfileConfig(
+        vision_r=vision_sweep if vision_sweep is not None else [16] if text_sweep is None else [0],
+        text_r=text_sweep if text_sweep is not None else [6] if vision_sweep is None and reduces_text else [0],
+        batch_sizes=parse_ints("--batch-sizes", batch_sizes),
+        device=device,
+        dtype=dtype,
+        threads=threads,
+        compile=compile_,
+        cuda_graphs=cuda_graphs,
+        warmup=warmup,
+        repeats=repeats,
+        towers=towers,
+        method=method,
+    )
+    with progress_bar("profiling") as advance:
+        report = profile_model(loaded.model, config, progress=advance, model_name=loaded.source)
+    data = report.to_dict()
+    if generation is None:
+        generation = adapter.generates(loaded.model)
+    if generation:
+        from crossget_cli.profile.generation import profile_generation
+
+        timings = profile_generation(
+            loaded.model,
+            config.settings(),
+            batch=max(config.batch_sizes),
+            new_tokens=new_tokens,
+            warmup=warmup,
+            repeats=repeats,
+            device=device,
+            dtype=config.torch_dtype,
+            method=method,
+        )
+        data["generation"] = [t.to_dict() for t in timings]
+    if output:
+        write_text_atomic(output, json.dumps(data, indent=2, default=str) + "\n")
+    if plot:
+        write_atomic(plot, lambda tmp: plot_report(report, tmp, accuracy=accuracy_data))
+    if json_out:
+        print_json(data)
+    else:
+        stdout.print(profile_table(data))
+        if data.get("generation"):
+            from crossget_cli.cli.render import generation_table
+
+            stdout.print(generation_table(data["generation"]))
+
+
+@handle_errors
+def eval_command(
+    model: Annotated[
+        Optional[list[str]],
+        typer.Option("--model", "-m", help="Model to evaluate; repeat to compare (the first is the reference for deltas)."),
+    ] = None,
+    task: Annotated[
+        str, typer.Option("--task", "-t", help="retrieval, zeroshot, captioning, vqa or multiple-choice.")
+    ] = "retrieval",
+    data: Annotated[
+        Optional[str],
+        typer.Option(
+            "--data",
+            "-d",
+            help="Karpathy/BLIP JSON, CSV/JSONL, ImageFolder, VQAv2 questions JSON, or an HF datasets name/folder.",
+        ),
+    ] = None,
+    predictions: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--predictions",
+            help="Score a results file instead of a model (captioning: COCO results; vqa: VQAv2 results); repeatable.",
+        ),
+    ] = None,
+    annotations: Annotated[Optional[str], typer.Option("--annotations", help="VQAv2 annotation JSON (vqa).")] = None,
+    vqa_variant: Annotated[
+        str, typer.Option("--vqa-variant", help="official (current vqaEval.py) or legacy (the 2016 code BLIP/LAVIS use).")
+    ] = "official",
+    pretrained: PretrainedOpt = None,
+    image_root: Annotated[
+        Optional[str], typer.Option("--image-root", help="Folder the data's image paths are relative to.")
+    ] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="Split to evaluate (default: test).")] = None,
+    image_column: Annotated[str, typer.Option("--image-column", help="Image column (CSV/JSONL/HF datasets).")] = "image",
+    caption_column: Annotated[str, typer.Option("--caption-column", help="Caption column (CSV/JSONL/HF datasets).")] = "caption",
+    label_column: Annotated[str, typer.Option("--label-column", help="Label column (zeroshot).")] = "label",
+    classnames: Annotated[
+        Optional[str], typer.Option("--classnames", help="File with one class name per line (zeroshot).")
+    ] = None,
+    templates: Annotated[
+        str, typer.Option("--templates", help="Zero-shot prompts: openai-imagenet, simple, or a file with one template per line.")
+    ] = "openai-imagenet",
+    itm_k: Annotated[
+        Optional[int],
+        typer.Option(
+            "--itm-k",
+            help="Retrieval with an ITM head (BLIP): re-rank the ITC top k (default 128; BLIP: 128 Flickr, 256 COCO; 0 = ITC only).",
+        ),
+    ] = None,
+    max_new_tokens: Annotated[
+        Optional[int], typer.Option("--max-new-tokens", help="Generative tasks: longest generated text (default 20).")
+    ] = None,
+    min_new_tokens: Annotated[
+        Optional[int], typer.Option("--min-new-tokens", help="Generative tasks: shortest generated text.")
+    ] = None,
+    num_beams: Annotated[
+        Optional[int],
+        typer.Option(
+            "--num-beams", help="Generative tasks: beam width (default: the model family's, e.g. 3 for beam search, 1 = greedy)."
+        ),
+    ] = None,
+    prompt: Annotated[
+        Optional[str],
+        typer.Option(
+            "--prompt",
+            help="Captioning: text prefix (BLIP: 'a picture of '); VQA/multiple-choice: template with {question} "
+            "(default: the model's exported recipe, else the family's, e.g. LLaVA-1.5's).",
+        ),
+    ] = None,
+    recipe: Annotated[
+        Optional[str],
+        typer.Option("--recipe", "-r", help="Recipe (file or shipped name) whose eval section gives generation/re-ranking defaults."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images/texts per forward.")] = 64,
+    num_workers: Annotated[int, typer.Option("--num-workers", help="DataLoader worker processes for images.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
+    dtype: Annotated[str, typer.Option("--dtype", help="fp32, fp16 or bf16.")] = "fp32",
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate only the first N images (quick runs).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the JSON report to this file.")] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also print the breakdowns (VQA: accuracy per question type).")
+    ] = False,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+):
+    """Evaluate models (original and compressed) or prediction files: retrieval, zero-shot, captioning, VQA."""
+    from crossget_cli.cli.render import breakdown_tables, eval_table, progress_bar
+    from crossget_cli.evaluation.runner import EvalConfig, evaluate, evaluate_predictions
+    from crossget_cli.files import check_writable
+
+    if not data:
+        raise CrossGetError("no data given", "pass --data (a data file, folder or HF dataset)")
+    if bool(model) == bool(predictions):
+        raise CrossGetError(
+            "pass either --model or --predictions", "models are run on --data; prediction files are scored against it"
+        )
+    config = EvalConfig(
+        task=task,
+        data=data,
+        image_root=image_root,
+        split=split,
+        image_column=image_column,
+        caption_column=caption_column,
+        label_column=label_column,
+        classnames=classnames,
+        templates=templates,
+        annotations=annotations,
+        vqa_variant=vqa_variant,
+        **_generation_settings(
+            recipe, itm_k=itm_k, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, num_beams=num_beams, prompt=prompt
+        ),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        dtype=dtype,
+        limit=limit,
+    )
+    if output:  # found before the evaluation, not after it
+        check_writable(output)
+    if predictions:
+        report = evaluate_predictions(predictions, config)
+    else:
+        with progress_bar("evaluating") as advance:
+            report = evaluate(model, config, pretrained=pretrained, progress=lambda what, done, total: advance(done, total, what))
+    for note in report["notes"]:
+        stderr.print(f"note: {note}")
+    if output:
+        write_text_atomic(output, json.dumps(report, indent=2) + "\n")
+    if json_out:
+        print_json(report)
+    else:
+        stdout.print(eval_table(report))
+        for table in breakdown_tables(report) if verbose else ():
+            stdout.print(table)
+
+
+def _generation_settings(recipe: Optional[str], **flags) -> dict:
+    """Generation/re-ranking settings: flags over the recipe's eval section over the defaults."""
+    from crossget_cli.recipes import load_recipe
+
+    spec = load_recipe(recipe).eval if recipe else None
+    from_recipe = {k: getattr(spec, k) for k in flags if spec is not None and getattr(spec, k) is not None}
+    return {**from_recipe, **{k: v for k, v in flags.items() if v is not None}}
