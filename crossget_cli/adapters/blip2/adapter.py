@@ -19,11 +19,8 @@ from crossget_cli.errors import CrossGetError
 from crossget_cli.adapters.base import Adapter, ModelInputs, Tower
 from crossget_cli.adapters.generation import decode, generation_kwargs
 from crossget_cli.adapters.registry import register_adapter
+from crossget_cli.adapters.blip.modules import ImageConsumer, ImageSizesScope, ReducingVisionTower, image_attention_bias
 from crossget_cli.adapters.blip.adapter import (
-    ImageConsumer,
-    ImageSizesScope,
-    ReducingVisionTower,
-    image_attention_bias,
     is_blip_vision_tower,
     special_id,
     vision_tower,
