@@ -15,5 +15,6 @@ from crossget_cli.adapters import hf_clip  # noqa: F401,E402  (registers "hf-cli
 from crossget_cli.adapters import blip  # noqa: F401,E402  (registers "blip" and its objectives)
 from crossget_cli.adapters import blip2  # noqa: F401,E402  (registers "blip2")
 from crossget_cli.adapters import llava  # noqa: F401,E402  (registers "llava" and its objective)
+from crossget_cli.adapters import timm_vit  # noqa: F401,E402  (registers "timm-vit")
 
 __all__ = ["Adapter", "Tower", "find_adapter", "get_adapter", "list_adapters", "register_adapter"]
