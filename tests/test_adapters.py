@@ -203,7 +203,8 @@ def test_token_counts_follow_the_schedule(adapter_name, model_name):
 #: causal with the slot last, and its matching is guided by EOT's query, so no
 #: feature depends on the text cross token (SPEC §3); LLaVA's text cross token
 #: lives in the LLM, which encode_image does not run.
-TEXT_CROSS_ATTENDED = {"blip"}
+#: SigLIP's text towers are bidirectional too (their slot is carried forward like vision's).
+TEXT_CROSS_ATTENDED = {"blip", "openclip-siglip", "hf-siglip"}
 
 
 def _feature_loss(values: torch.Tensor, seed: int) -> torch.Tensor:

@@ -30,6 +30,11 @@ EXPECTED = {
     "LlavaForConditionalGeneration": (("vqa", "multiple-choice"), True, False),
     "timm-vit-token": ((), False, False),
     "timm-vit-map": ((), False, False),
+    "openclip-SigLIP": (CONTRASTIVE, False, False),
+    "SiglipModel": (CONTRASTIVE, False, False),
+    "SiglipModel-eager": (CONTRASTIVE, False, False),
+    "SiglipVisionModel": ((), False, False),
+    "SiglipTextModel": ((), False, False),
 }
 
 
