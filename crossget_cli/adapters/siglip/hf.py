@@ -213,7 +213,10 @@ class HFSiglipAdapter(Adapter):
         return super().tasks(model) if both else ()
 
     def _tower(self, model: nn.Module, modality: str) -> nn.Module:
-        return dict((m, module) for m, module in find_towers(model))[modality]
+        towers = dict(find_towers(model))
+        if modality not in towers:
+            raise CrossGetError(f"{type(model).__name__} has no {modality} tower", f"use a SigLIP model with a {modality} tower")
+        return towers[modality]
 
     def encode_image(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         pooled = self._tower(model, "vision")(pixel_values=images).pooler_output
