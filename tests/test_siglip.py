@@ -11,8 +11,9 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
+from sweep import example_inputs, features, randomise_cross
+from tiny_models import RGB
 from typer.testing import CliRunner
 
 import crossget_cli
@@ -23,8 +24,6 @@ from crossget_cli.adapters.timm_vit.tiny import tiny_vit
 from crossget_cli.cli.app import app
 from crossget_cli.core import trace_reduction
 from crossget_cli.errors import CrossGetError
-from sweep import example_inputs, features, randomise_cross
-from tiny_models import RGB
 
 runner = CliRunner()
 MODELS = {
@@ -302,7 +301,7 @@ def test_timm_classifier(pool, method):
     report = reduction_report(model)
     assert report["tokens_per_layer"] == {"vision": counts} and report["gmacs_ratio"] < 1
     sweep = ProfileConfig(vision_r=[VISION_R], text_r=[0], batch_sizes=[1], warmup=0, repeats=1, towers="image", method=method)
-    assert [run.label for run in profile_model(model, sweep).runs][0] == "original"
+    assert next(run.label for run in profile_model(model, sweep).runs) == "original"
 
 
 def test_bad_input_is_one_clear_error(tmp_path):
