@@ -94,10 +94,13 @@ def _block_paths(model, tower) -> list[str]:
     return [paths[id(block)] for block in tower.blocks]
 
 
-def _hook_in_the_cross_slot(model, block_paths: list[str], cross: torch.Tensor) -> tuple[list[int], list]:
+def _hook_in_the_cross_slot(
+    model, block_paths: list[str], cross: torch.Tensor, has_cls: bool = True
+) -> tuple[list[int], list]:
     """Turn the *unpatched* ``model``'s vision tower into SPEC §3's CrossGET
     tower with r = 0, by hooks alone: block 0's input gets one more slot, a copy
-    of CLS (token 0); before every block ``l`` that last slot becomes
+    of CLS (token 0; without CLS, ``has_cls`` false, the mean of the patch
+    tokens, as SigLIP's towers start it); before every block ``l`` that last slot becomes
     ``slot + cross[0, l]`` (the vision guide is the previous cross slot itself);
     the last block's output drops it. Returns the layers the pre-hooks ran for
     (filled as the model runs) and the hook handles, for the caller to remove."""
@@ -108,7 +111,7 @@ def _hook_in_the_cross_slot(model, block_paths: list[str], cross: torch.Tensor) 
     def before(module, args, kwargs, layer):
         x = args[0] if args else kwargs["hidden_states"]
         if layer == 0:
-            x = torch.cat([x, x[:, :1]], dim=1)
+            x = torch.cat([x, x[:, :1] if has_cls else x.mean(dim=1, keepdim=True)], dim=1)
         # A new tensor, not in place: the model may hold the previous output
         # (LLaVA reads a middle layer's hidden state).
         x = torch.cat([x[:, :-1], (x[:, -1] + cross[0, layer])[:, None]], dim=1)
@@ -160,7 +163,7 @@ def test_r_zero_semantics(adapter_name, model_name):
     paths = _block_paths(patched, tower)
     tolerance = same_computation_tolerance(adapter_name)
     for cross, ours in ((torch.zeros_like(tower.cross), zero_cross), (tower.cross.detach().clone(), nonzero_cross)):
-        ran, handles = _hook_in_the_cross_slot(model, paths, cross)
+        ran, handles = _hook_in_the_cross_slot(model, paths, cross, tower.protect_first)
         try:
             expected = features(model, images, None)["image"]
         finally:
@@ -200,7 +203,8 @@ def test_token_counts_follow_the_schedule(adapter_name, model_name):
 #: causal with the slot last, and its matching is guided by EOT's query, so no
 #: feature depends on the text cross token (SPEC §3); LLaVA's text cross token
 #: lives in the LLM, which encode_image does not run.
-TEXT_CROSS_ATTENDED = {"blip"}
+#: SigLIP's text towers are bidirectional too (their slot is carried forward like vision's).
+TEXT_CROSS_ATTENDED = {"blip", "openclip-siglip", "hf-siglip"}
 
 
 def _feature_loss(values: torch.Tensor, seed: int) -> torch.Tensor:
@@ -328,7 +332,8 @@ def test_torch_compile_matches_eager(adapter_name):
 
 
 @pytest.mark.parametrize(
-    "adapter_name,model_name", [c for c in CASES if "Vision" not in c[1] and c[0] not in ("blip", "blip2", "llava")]
+    # timm-vit: image classifiers, no text tower
+    "adapter_name,model_name", [c for c in CASES if "Vision" not in c[1] and c[0] not in ("blip", "blip2", "llava", "timm-vit")]
 )
 def test_token_embeddings_replace_the_lookup(adapter_name, model_name):
     """Prompt learning feeds embeddings instead of ids: the lookup's own

@@ -28,6 +28,13 @@ EXPECTED = {
     "Blip2ForConditionalGeneration": (("captioning", "vqa"), True, False),
     "Blip2ForImageTextRetrieval": (("retrieval",), False, True),
     "LlavaForConditionalGeneration": (("vqa", "multiple-choice"), True, False),
+    "timm-vit-token": ((), False, False),
+    "timm-vit-map": ((), False, False),
+    "openclip-SigLIP": (CONTRASTIVE, False, False),
+    "SiglipModel": (CONTRASTIVE, False, False),
+    "SiglipModel-eager": (CONTRASTIVE, False, False),
+    "SiglipVisionModel": ((), False, False),
+    "SiglipTextModel": ((), False, False),
 }
 
 

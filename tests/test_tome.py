@@ -55,29 +55,36 @@ def test_protected_tokens_are_kept():
 VISION_R, TEXT_R = [4, 3, 2, 9], [2, 2, 0, 9]
 
 #: ToMe's token counts for VISION_R / TEXT_R by hand, keyed by the tokens
-#: entering the tower (ToMe has no cross slot). Protected: CLS (vision; P = 1),
-#: SOT/[CLS] and EOT (text; P = 2). A step of T tokens removes at most
-#: min((T - P) // 2, (T + 1) // 2 - P): bipartite sources are the even positions.
+#: entering the tower (ToMe has no cross slot) and the protected count P:
+#: CLS (vision; P = 1), SOT/[CLS] and EOT (text; P = 2); SigLIP has no CLS
+#: (vision P = 0, text P = 1: the pooled last token). A step of T tokens removes
+#: at most min((T - P) // 2, (T + 1) // 2 - P): bipartite sources are the even positions.
 HAND_COUNTS = {
     # every tiny ViT: 16 patches + CLS; 8 -> min(7 // 2, 9 // 2 - 1) = 3 of the last r = 9
-    ("vision", 17): [17, 13, 10, 8, 5],
+    ("vision", 17, 1): [17, 13, 10, 8, 5],
     # CLIP's context; 12 -> min(10 // 2, 13 // 2 - 2) = 4 of the last r = 9 (complete-graph clamping: 5)
-    ("text", 16): [16, 14, 12, 12, 8],
+    ("text", 16, 2): [16, 14, 12, 12, 8],
     # BLIP's context (35); 31 -> min(29 // 2, 32 // 2 - 2) = 14: r = 9 unclamped
-    ("text", 35): [35, 33, 31, 31, 22],
+    ("text", 35, 2): [35, 33, 31, 31, 22],
+    # SigLIP's 16 patches, no CLS: 16 -> min(16 // 2, 17 // 2) = 8 (r = 4), 12 -> 6 (r = 3), 9 -> 4 (r = 2),
+    # 7 -> min(7 // 2, 8 // 2) = 3 of the last r = 9
+    ("vision", 16, 0): [16, 12, 9, 7, 4],
+    # SigLIP's context, the last token protected: 12 -> min(11 // 2, 13 // 2 - 1) = 5 of the last r = 9
+    ("text", 16, 1): [16, 14, 12, 12, 7],
 }
 #: LLaVA's LLM receives the hidden state of vision_feature_layer = -2 (the
 #: output of block 2 of 4: 8 tokens), less CLS.
 LLAVA_VISUAL_TOKENS = 7
 
 
-def _assert_bipartite(plan, rows):
+def _assert_bipartite(plan, rows, protect_first: bool = True):
     """ToMe's plan: sources at even positions merge into odd ones (sets A and
-    B), token 0 is untouched, the merge is a plain sum (no CrossGET weights)."""
+    B), token 0 is untouched (when it is CLS/SOT), the merge is a plain sum (no
+    CrossGET weights)."""
     assert plan.source_weight is None
     src, dst = plan.src_idx[rows], plan.dst_idx[rows]
     assert bool((src % 2 == 0).all()) and bool((dst % 2 == 1).all())
-    assert not bool((src == 0).any())
+    assert not protect_first or not bool((src == 0).any())
 
 
 @pytest.mark.parametrize("adapter_name,model_name", CASES)
@@ -102,7 +109,7 @@ def test_tome_on_every_adapter(adapter_name, model_name):
     towers = [t for t in adapter.towers(model) if t.blocks and t.modality in reduced]
     assert towers
     for tower in towers:
-        expected = HAND_COUNTS[(tower.modality, tower.num_tokens - 1)]
+        expected = HAND_COUNTS[(tower.modality, tower.num_tokens - 1, tower.num_protected - 1)]
         assert tower.token_counts() == expected
         assert tokens_per_layer(model)[tower.modality] == expected
         records = [r for r in trace if r["modality"] == tower.modality]
@@ -112,7 +119,7 @@ def test_tome_on_every_adapter(adapter_name, model_name):
         for record in records:
             assert record["cross_in"] is None
             if record["plan"] is not None:
-                _assert_bipartite(record["plan"], rows)
+                _assert_bipartite(record["plan"], rows, tower.protect_first)
         assert sum(r["plan"] is not None for r in records) == sum(r > 0 for r in tower.schedule)
     if adapter_name == "llava":
         assert adapter.num_image_tokens(model) == LLAVA_VISUAL_TOKENS

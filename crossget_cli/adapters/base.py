@@ -44,6 +44,9 @@ class Tower:
         blocks: the blocks :func:`~crossget_cli.adapters.tower.run_tower` runs;
             patching gives each the :class:`ReducingBlock` mixin. Empty for a
             tower whose blocks the model itself runs (LLaVA's LLM).
+        protect_first: whether token 0 is a CLS/SOT token, protected from
+            merging; ``False`` for a tower without one (SigLIP), which protects
+            only the cross slot (and, for text, the pooled token).
     """
 
     modality: str
@@ -54,11 +57,13 @@ class Tower:
     num_heads: int
     num_tokens: int
     blocks: tuple[nn.Module, ...] = ()
+    protect_first: bool = True
 
     @property
     def num_protected(self) -> int:
-        """CLS/SOT and the cross slot, plus EOT for text (SPEC §1)."""
-        return 2 if self.modality == "vision" else 3
+        """CLS/SOT (if the tower has one) and the cross slot, plus EOT (the
+        pooled token) for text (SPEC §1)."""
+        return int(self.protect_first) + (1 if self.modality == "vision" else 2)
 
     def token_counts(self) -> list[int]:
         """Tokens entering each block and leaving the last, at inference: the
@@ -295,7 +300,9 @@ class Adapter:
             counts = tower.token_counts()
             reducing = [t for t, r in zip(counts, schedule) if r > 0]
             ref = next(tower.holder.parameters())
-            constants.prepare(config.method, reducing, ref.device, ref.dtype, causal=tower.modality == "text")
+            constants.prepare(
+                config.method, reducing, ref.device, ref.dtype, causal=tower.modality == "text", protect_first=tower.protect_first
+            )
         return model
 
     def remove(self, model: nn.Module) -> nn.Module:

@@ -64,7 +64,8 @@ def run_tower(
 ) -> torch.Tensor:
     """Run a patched tower's blocks on ``x`` (``[N, T, D]``, after the
     embeddings). With CrossGET a cross slot is appended (a copy of CLS, or of EOT
-    for text) and overwritten with the layer's cross token before each block
+    for text; for a vision tower without CLS, ``state.protect_first`` false, the
+    mean of its tokens: a global summary, as CLS is) and overwritten with the layer's cross token before each block
     (SPEC §3), then dropped from the output; ToMe runs the blocks as they are.
 
     ``on_hidden(i, h)`` receives the hidden states as transformers numbers them:
@@ -77,7 +78,7 @@ def run_tower(
     transformers' layers checkpoint inside their own ``forward``)."""
     cross = getattr(holder, cross_name, None) if state.method == "crossget" else None
     if cross is not None:
-        x = append_cross_slot(x, state.pooled_idx)
+        x = append_cross_slot(x, state.pooled_idx, mean=state.pooled_idx is None and not state.protect_first)
     if on_hidden is not None:
         on_hidden(0, x)
     # At inference nothing but this loop holds a block's output, so the cross
@@ -99,19 +100,26 @@ def run_tower(
     return x if cross is None else x[:, :-1]
 
 
-def tower_state(holder: nn.Module, **text) -> TokenState:
+def tower_state(holder: nn.Module, protect_first: bool = True, **text) -> TokenState:
     """A fresh per-forward state for the tower ``holder`` belongs to; ``text``
-    gives ``input_ids`` and ``pooled_idx`` for a text tower."""
+    gives ``input_ids`` and ``pooled_idx`` for a text tower (and optionally
+    ``causal``, ``propagate_cross``, see :class:`TokenState`). ``protect_first``:
+    whether token 0 is a protected CLS/SOT token."""
     method = getattr(holder, METHOD_ATTR, "crossget")
     if not text:
-        return TokenState(method=method)
-    return TokenState.for_text(text["input_ids"], text["pooled_idx"], with_cross_slot=method == "crossget", method=method)
+        return TokenState(method=method, protect_first=protect_first)
+    input_ids, pooled_idx = text.pop("input_ids"), text.pop("pooled_idx")
+    with_slot = method == "crossget"
+    return TokenState.for_text(input_ids, pooled_idx, with_slot, method=method, protect_first=protect_first, **text)
 
 
-def append_cross_slot(x: torch.Tensor, source_idx: torch.Tensor | None = None) -> torch.Tensor:
-    """Append the initial cross slot: a copy of token 0 (vision CLS) or of the
-    token at ``source_idx`` (text EOT), SPEC §3."""
-    if source_idx is None:
+def append_cross_slot(x: torch.Tensor, source_idx: torch.Tensor | None = None, mean: bool = False) -> torch.Tensor:
+    """Append the initial cross slot: a copy of token 0 (vision CLS), of the
+    token at ``source_idx`` (text EOT), SPEC §3, or with ``mean`` the mean of
+    all tokens (a vision tower without CLS)."""
+    if mean:
+        slot = x.mean(dim=1, keepdim=True)
+    elif source_idx is None:
         slot = x[:, :1]
     else:
         slot = x[torch.arange(x.shape[0], device=x.device), source_idx][:, None]

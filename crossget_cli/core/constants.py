@@ -88,36 +88,42 @@ def causal_mask(size: int, device, dtype) -> torch.Tensor:
     )
 
 
-def guided_protection_bias(num_tokens: int, device) -> torch.Tensor:
+def guided_protection_bias(num_tokens: int, device, protect_first: bool = True) -> torch.Tensor:
     """``[T + 1, T + 1]`` float32 additive bias for the similarity of ``T`` keys
     and one guide query (row and column ``T``): ``-inf`` on the keys' diagonal
-    and on the rows and columns of the protected tokens 0 (CLS/SOT) and ``T - 1``
-    (the cross slot), 0 elsewhere, the guide's row and column included. Its
-    ``[:T, :T]`` corner serves the unguided similarity."""
+    and on the rows and columns of the protected tokens 0 (CLS/SOT; only with
+    ``protect_first``: a tower without a leading CLS token protects its cross
+    slot alone) and ``T - 1`` (the cross slot), 0 elsewhere, the guide's row and
+    column included. Its ``[:T, :T]`` corner serves the unguided similarity."""
 
     def build() -> torch.Tensor:
         t = num_tokens
         index = torch.arange(t + 1, device=device)
         key = index < t
-        protected = key & ((index == 0) | (index == t - 1))
+        protected = key & (((index == 0) & protect_first) | (index == t - 1))
         masked = (index[:, None] == index[None, :]) | protected[:, None] | protected[None, :]
         masked &= key[:, None] & key[None, :]
         return torch.zeros(t + 1, t + 1, device=device).masked_fill(masked, NEG_INF)
 
-    return _cached(("guided", num_tokens, torch.device(device)), build)
+    kind = "guided" if protect_first else "guided-no-first"
+    return _cached((kind, num_tokens, torch.device(device)), build)
 
 
-def bipartite_bias(num_tokens: int, device) -> torch.Tensor:
+def bipartite_bias(num_tokens: int, device, protect_first: bool = True) -> torch.Tensor:
     """``[T, T]`` float32 additive bias restricting a similarity to ToMe's
     bipartite edges: 0 from an even token (set A) to an odd one (set B), ``-inf``
-    elsewhere and on the row of token 0 (CLS/SOT, protected)."""
+    elsewhere and, with ``protect_first``, on the row of token 0 (CLS/SOT,
+    protected)."""
 
     def build() -> torch.Tensor:
         index = torch.arange(num_tokens, device=device)
-        edge = (index[:, None] % 2 == 0) & (index[None, :] % 2 == 1) & (index[:, None] > 0)
+        edge = (index[:, None] % 2 == 0) & (index[None, :] % 2 == 1)
+        if protect_first:
+            edge &= index[:, None] > 0
         return torch.zeros(num_tokens, num_tokens, device=device).masked_fill(~edge, NEG_INF)
 
-    return _cached(("bipartite", num_tokens, torch.device(device)), build)
+    kind = "bipartite" if protect_first else "bipartite-no-first"
+    return _cached((kind, num_tokens, torch.device(device)), build)
 
 
 def clear() -> None:
@@ -125,16 +131,19 @@ def clear() -> None:
     _CACHE.clear()
 
 
-def prepare(method: str, token_counts: "list[int]", device, dtype: torch.dtype, causal: bool = False) -> None:
+def prepare(
+    method: str, token_counts: "list[int]", device, dtype: torch.dtype, causal: bool = False, protect_first: bool = True
+) -> None:
     """Build now what a tower's reduction steps will look up, so that the first
     forward dispatches what every later one does: the protection bias of each
-    token count ``token_counts`` (tokens entering each reducing layer), and the
-    identity, ``arange`` and causal mask up to the largest."""
+    token count ``token_counts`` (tokens entering each reducing layer; token 0
+    protected or not, ``protect_first``), and the identity, ``arange`` and
+    causal mask up to the largest."""
     if not token_counts:
         return
     largest = max(token_counts)
     for t in token_counts:
-        (bipartite_bias if method == "tome" else guided_protection_bias)(t, device)
+        (bipartite_bias if method == "tome" else guided_protection_bias)(t, device, protect_first)
     arange(largest, device)
     spaced_ranks(largest, device)
     for kind in {torch.float32, dtype}:

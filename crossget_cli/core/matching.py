@@ -110,11 +110,16 @@ def clamp_r(r: int, num_tokens: int, num_protected: int, bipartite: bool = False
     return max(0, min(int(r), limit))
 
 
-def protected_indices(batch: int, num_tokens: int, pooled_idx: torch.Tensor | None, device) -> torch.Tensor:
-    """``[N, P]`` indices never merged: position 0 (CLS/SOT), the last slot (the
-    cross token) and, for text, the pooled EOT position ``pooled_idx`` (``[N]``).
-    The matchers protect 0 and ``T - 1`` themselves; this is for inspection."""
+def protected_indices(
+    batch: int, num_tokens: int, pooled_idx: torch.Tensor | None, device, protect_first: bool = True
+) -> torch.Tensor:
+    """``[N, P]`` indices never merged: position 0 (CLS/SOT; only with
+    ``protect_first``), the last slot (the cross token) and, for text, the pooled
+    EOT position ``pooled_idx`` (``[N]``). The matchers protect 0 and ``T - 1``
+    themselves; this is for inspection."""
     fixed = torch.arange(0, num_tokens, max(num_tokens - 1, 1), device=device)[:2].expand(batch, -1)
+    if not protect_first:
+        fixed = fixed[:, -1:]
     if pooled_idx is None:
         return fixed
     return torch.cat([fixed, pooled_idx.view(batch, 1).to(device)], dim=1)
@@ -175,6 +180,7 @@ def complete_graph_matching(
     protected: torch.Tensor | None = None,
     importance: torch.Tensor | None = None,
     padding: torch.Tensor | None = None,
+    protect_first: bool = True,
 ) -> MergePlan:
     """Choose ``r`` source tokens per sample and the kept token each merges into.
 
@@ -183,8 +189,9 @@ def complete_graph_matching(
         guide: ``[N, C]`` the guide query (the cross token's, or the text EOT's).
         r: tokens to remove; must already be clamped with :func:`clamp_r`.
         protected: optional ``[N, P]`` indices that are neither sources nor
-            destinations besides token 0 (CLS/SOT) and token ``T - 1`` (the cross
-            slot), which always are (text passes its EOT position).
+            destinations besides token 0 (CLS/SOT, with ``protect_first``) and
+            token ``T - 1`` (the cross slot), which always are (text passes its
+            EOT position).
         importance: optional ``[N, T]`` importance of each token, used instead of
             the cosine to ``guide`` (attention-based importance, SPEC §6).
         padding: optional ``[N, T]`` bool, ``True`` for padding tokens (size 0).
@@ -194,13 +201,16 @@ def complete_graph_matching(
             a sample's decisions do not depend on how much padding its batch
             gives it. A padding source contributes nothing (``c = 1`` of a zero
             value).
+        protect_first: whether token 0 is protected (a CLS or SOT token);
+            ``False`` for a tower without one (SigLIP's patches: token 0 is an
+            ordinary token, only the cross slot is protected).
 
     Each token's score is its importance (cosine to the guide) minus its best
     similarity to a token ranked after it in the complete graph, so the least
     important token of the most redundant pair is removed first.
     """
     n, t, _ = metric.shape
-    bias = constants.guided_protection_bias(t, metric.device)
+    bias = constants.guided_protection_bias(t, metric.device, protect_first)
     if importance is None:
         # The guide rides along as query row T: one product gives the
         # similarities and every token's cosine to the guide (row T, unmasked),
@@ -243,7 +253,7 @@ def complete_graph_matching(
     if padding is None:
         ranked = score.argsort(dim=1)[..., 0]
     else:
-        num_protected = 2 + (0 if protected is None else protected.shape[1])
+        num_protected = 1 + protect_first + (0 if protected is None else protected.shape[1])
         ranked = _order_with_padding(score[..., 0], padding, r, num_protected, bipartite=False)
 
     src_idx = ranked[:, :r]
@@ -271,7 +281,11 @@ def token_schedule(num_tokens: int, rs: "list[int] | tuple[int, ...]", num_prote
 
 @torch.no_grad()
 def bipartite_matching(
-    metric: torch.Tensor, r: int, protected: torch.Tensor | None = None, padding: torch.Tensor | None = None
+    metric: torch.Tensor,
+    r: int,
+    protected: torch.Tensor | None = None,
+    padding: torch.Tensor | None = None,
+    protect_first: bool = True,
 ) -> MergePlan:
     """ToMe's bipartite soft matching (Bolya et al., 2023), as a :class:`MergePlan`.
 
@@ -289,13 +303,15 @@ def bipartite_matching(
         padding: optional ``[N, T]`` bool padding tokens, handled as in
             :func:`complete_graph_matching` (a padding source merges into token 0,
             adding nothing: its size is 0).
+        protect_first: whether token 0 (CLS/SOT) is protected; ``False`` for a
+            tower without one, where token 0 is an ordinary member of set A.
     """
     n, t, _ = metric.shape
     metric = metric.float()
     unit = metric / metric.norm(dim=-1, keepdim=True)
     # Edges over all T tokens, the non-bipartite ones masked by a cached bias:
     # every index below is then an original token index.
-    scores = torch.baddbmm(constants.bipartite_bias(t, metric.device), unit, unit.transpose(1, 2))
+    scores = torch.baddbmm(constants.bipartite_bias(t, metric.device, protect_first), unit, unit.transpose(1, 2))
     _protect(scores, protected)
     if padding is not None:
         _mask_padding(scores, padding)
@@ -303,8 +319,11 @@ def bipartite_matching(
     if padding is None:
         order = best.argsort(dim=-1, descending=True)
     else:
-        partner = partner.masked_fill(padding, 0)
-        num_protected = 1 + (0 if protected is None else protected.shape[1])
+        if protect_first or protected is None:
+            partner = partner.masked_fill(padding, 0)
+        else:  # no token 0 to absorb padding: the first protected token (text: EOT) does
+            partner = torch.where(padding, protected[:, :1], partner)
+        num_protected = int(protect_first) + (0 if protected is None else protected.shape[1])
         order = _order_with_padding(best.neg(), padding, r, num_protected, bipartite=True)
     index = constants.arange(t, metric.device).expand(n, t)
     kept = torch.empty_like(order).scatter_(1, order, index) >= r

@@ -123,6 +123,11 @@ class TokenState:
             so ``log(size)`` keeps every query off it, merging it anywhere adds
             nothing, and matching neither merges it into a real token nor a real
             token into it (see :meth:`pad`).
+        protect_first: whether token 0 is protected (a CLS/SOT token); a tower
+            without one (SigLIP) protects only its cross slot and pooled token.
+        propagate_cross: for text, whether the cross slot carries its own
+            previous output forward as vision does (a bidirectional tower whose
+            tokens attend to it) instead of being recomputed from EOT (SPEC §3).
     """
 
     sizes: torch.Tensor | None = None
@@ -134,17 +139,21 @@ class TokenState:
     trace: list[dict] | None = field(default_factory=lambda: _TRACE.value)
     last_plan: MergePlan | None = None
     padded: bool = False
+    protect_first: bool = True
+    propagate_cross: bool = False
 
     @classmethod
     def for_text(
-        cls, input_ids: torch.Tensor, pooled_idx: torch.Tensor, with_cross_slot: bool, method: str = "crossget"
+        cls, input_ids: torch.Tensor, pooled_idx: torch.Tensor, with_cross_slot: bool, method: str = "crossget", **options
     ) -> "TokenState":
         """State for a text tower; ``with_cross_slot`` extends the ids by the
-        SOT id for the appended cross token, as the reference does."""
+        SOT id for the appended cross token, as the reference does. ``options``
+        set other fields (``causal=False`` for a bidirectional tower,
+        ``protect_first``, ``propagate_cross``)."""
         ids = input_ids.float()
         if with_cross_slot:
             ids = torch.cat([ids, ids[:, :1]], dim=1)
-        return cls(token_ids=ids, pooled_idx=pooled_idx.long(), causal=True, method=method)
+        return cls(token_ids=ids, pooled_idx=pooled_idx.long(), method=method, **{"causal": True, **options})
 
     def pad(self, attention_mask: torch.Tensor) -> None:
         """Take a ``[N, T]`` padding mask (1 real, 0 padding) of the tower's
@@ -159,20 +168,23 @@ class TokenState:
 
     @property
     def num_protected(self) -> int:
-        """CLS/SOT, the cross slot (CrossGET only) and EOT (text)."""
-        return 1 + (self.method == "crossget") + (self.pooled_idx is not None)
+        """CLS/SOT (unless the tower has none), the cross slot (CrossGET only)
+        and EOT (text)."""
+        return int(self.protect_first) + (self.method == "crossget") + (self.pooled_idx is not None)
 
     def inject_cross(self, x: torch.Tensor, cross: torch.Tensor, in_place: bool = False) -> torch.Tensor:
         """Overwrite the last slot with ``sg(g) + cross`` (SPEC §3): ``g`` is the
-        previous cross token for vision and the current EOT token for text.
+        previous cross token for vision (and for text with ``propagate_cross``)
+        and the current EOT token for text.
         ``in_place`` (vision, when nothing else holds ``x`` and no gradient is
         needed) adds ``cross`` to the slot of ``x`` itself: one op instead of two."""
         cross = cross.to(x.dtype)
-        if in_place and self.pooled_idx is None:
+        propagated = self.pooled_idx is None or self.propagate_cross
+        if in_place and propagated:
             token = x[:, -1].add_(cross)
             self.cross_inputs.append(token)
             return x
-        guide = x[:, -1] if self.pooled_idx is None else _at(x, self.pooled_idx)
+        guide = x[:, -1] if propagated else _at(x, self.pooled_idx)
         token = guide.detach() + cross
         self.cross_inputs.append(token)
         return torch.cat([x[:, :-1], token[:, None]], dim=1)
@@ -251,12 +263,14 @@ class TokenState:
         eot = None if self.pooled_idx is None else self.pooled_idx.view(n, 1)
         padding = (self.sizes[..., 0] == 0) if self.padded else None
         if self.method == "tome":
-            plan = bipartite_matching(keys.view(n, t, num_heads, -1).mean(dim=2), r, eot, padding)
+            plan = bipartite_matching(keys.view(n, t, num_heads, -1).mean(dim=2), r, eot, padding, self.protect_first)
         else:
             guide = None
             if importance is None:
                 guide = queries[:, -1] if eot is None else _at(queries, self.pooled_idx)
-            plan = complete_graph_matching(keys, guide, r, eot, importance=importance, padding=padding)
+            plan = complete_graph_matching(
+                keys, guide, r, eot, importance=importance, padding=padding, protect_first=self.protect_first
+            )
         if self.trace is not None:
             self.last_plan = plan
         x, self.sizes, self.token_ids = ensemble_merge(x, self.sizes, plan, self.token_ids, self.padded)

@@ -109,14 +109,15 @@ def openai_model_config(state_dict: dict[str, torch.Tensor]) -> dict:
 
 
 def build_openclip(model_config: dict) -> nn.Module:
-    """An open_clip ``CLIP`` in float32 from a model config (random weights)."""
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    """An open_clip ``CLIP`` (``CustomTextCLIP`` when the config says
+    ``custom_text``, e.g. SigLIP) in float32 from a model config (random weights)."""
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
 
     cfg = dict(model_config)
     vision = CLIPVisionCfg(**cfg.pop("vision_cfg"))
     text = CLIPTextCfg(**cfg.pop("text_cfg"))
-    cfg.pop("custom_text", None)
-    return CLIP(vision_cfg=vision, text_cfg=text, **cfg).eval()
+    cls = CustomTextCLIP if cfg.pop("custom_text", False) else CLIP
+    return cls(vision_cfg=vision, text_cfg=text, **cfg).eval()
 
 
 def unreadable_reason(err: BaseException) -> str:

@@ -42,7 +42,9 @@ def _openclip_preprocessing(loaded: LoadedModel):
     context = owner.context_length
     text_cfg = (loaded.model_config or {}).get("text_cfg", {})
     if text_cfg.get("hf_tokenizer_name"):
-        tokenizer = open_clip.tokenizer.HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=context)
+        # tokenizer_kwargs: e.g. SigLIP's text cleaning ("canonicalize"), as open_clip's get_tokenizer passes them
+        kwargs = text_cfg.get("tokenizer_kwargs") or {}
+        tokenizer = open_clip.tokenizer.HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=context, **kwargs)
     else:
         tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context)
         vocab = owner.vocab_size
