@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 import crossget_cli
 from crossget_cli.adapters.registry import find_adapter
 from crossget_cli.adapters.siglip import tiny
-from crossget_cli.adapters.siglip.objectives import siglip_losses
+from crossget_cli.adapters.contrastive import clip_losses
+from crossget_cli.adapters.siglip.adapter import sigmoid_loss
 from crossget_cli.adapters.timm_vit.tiny import tiny_vit
 from crossget_cli.cli.app import app
 from crossget_cli.core import trace_reduction
@@ -233,46 +234,47 @@ def test_compress_load_round_trip_and_retrieval(kind, pictures, tmp_path):
     assert all(0 <= s["txt_r1"] <= 100 for s in scores.values())
 
 
-def test_finetune_from_the_cli_with_the_siglip_objective(pictures, tmp_path):
+def test_finetune_from_the_cli_trains_with_the_sigmoid_loss(pictures, tmp_path):
     save_hf_siglip(tmp_path / "model")
     data = ["--train-data", str(pictures / "data.json"), "--image-root", str(pictures), "--split", "test"]
     args = ["compress", "-m", str(tmp_path / "model"), "--vision-r", "2", "-o", str(tmp_path / "ft"), "--no-speed"]
-    result = runner.invoke(app, [*args, "--finetune", "--objective", "siglip", *data, "--max-steps", "1", "--batch-size", "4"])
+    result = runner.invoke(app, [*args, "--finetune", *data, "--max-steps", "1", "--batch-size", "4"])
     assert result.exit_code == 0, result.output
     assert crossget_cli.reduction_config(crossget_cli.load(str(tmp_path / "ft"))).vision_r == 2
 
 
 @pytest.mark.parametrize("name", ["openclip", "hf"])
-def test_siglip_objective_trains_the_cross_tokens(name):
+def test_the_clip_objective_trains_siglip_with_its_sigmoid_loss(name):
     model = build(name)
     crossget_cli.patch(model, vision_r=3, text_r=2)
     randomise_cross(model)
     model.train()
     images, texts = example_inputs(model)
-    first = siglip_losses(model, images, texts)
-    assert set(first) >= {"sigmoid", "js", "total"} and float(first["js"]) > 0
+    first = clip_losses(model, images, texts)
+    assert set(first) >= {"itc", "js", "total"} and float(first["js"]) > 0
+    adapter = find_adapter(model)
+    sigmoid = sigmoid_loss(first["image_features"], first["text_features"], adapter.logit_scale(model), adapter.logit_bias(model))
+    torch.testing.assert_close(first["itc"], sigmoid)
     first["total"].backward()
     cross = {n: p.grad for n, p in model.named_parameters() if n.endswith(("cross_image", "cross_text"))}
     assert len(cross) == 2 and all(g is not None and bool(g.abs().sum() > 0) for g in cross.values())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     for _ in range(5):
         optimizer.zero_grad()
-        loss = siglip_losses(model, images, texts)["total"]
+        loss = clip_losses(model, images, texts)["total"]
         loss.backward()
         optimizer.step()
-    assert float(siglip_losses(model, images, texts)["total"]) < float(first["total"])
+    assert float(clip_losses(model, images, texts)["total"]) < float(first["total"])
 
 
-def test_sigmoid_loss_matches_transformers():
-    from crossget_cli.adapters.siglip.objectives import sigmoid_loss
-
+def test_the_family_contrastive_loss_is_transformers_sigmoid_loss():
     model = build("hf")
     images, texts = example_inputs(model)
     with torch.no_grad():
         expected = model(input_ids=texts, pixel_values=images, return_loss=True).loss
         image = model.get_image_features(pixel_values=images).pooler_output
         text = model.get_text_features(input_ids=texts).pooler_output
-        ours = sigmoid_loss(image, text, model.logit_scale, model.logit_bias)
+        ours = find_adapter(model).contrastive_loss(model, image, text)
     torch.testing.assert_close(ours, expected)
 
 

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from crossget_cli.config import ReductionConfig
-from crossget_cli.core import constants, token_schedule
+from crossget_cli.core import constants, contrastive_loss, token_schedule
+from crossget_cli.core.losses import MAX_LOGIT_SCALE
 from crossget_cli.adapters.generation import GenerationCalls
 from crossget_cli.errors import CrossGetError
 
@@ -256,6 +257,19 @@ class Adapter:
 
     def logit_scale(self, model: nn.Module) -> nn.Parameter:
         raise NotImplementedError
+
+    def contrastive_loss(
+        self, model: nn.Module, image_features: torch.Tensor, text_features: torch.Tensor, image_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The dual encoder's image-text contrastive loss, the task loss of the ``clip``
+        objective: CLIP's symmetric softmax ITC with soft targets from equal
+        ``image_ids`` (default: every image distinct) and the logit scale clamped in
+        place to [0, ln 100]. A family trained with another loss (SigLIP's sigmoid)
+        overrides it."""
+        scale = self.logit_scale(model)
+        with torch.no_grad():
+            scale.clamp_(0, MAX_LOGIT_SCALE)
+        return contrastive_loss(image_features, text_features, scale, image_ids)
 
     def project_cross(self, model: nn.Module, modality: str, tokens: torch.Tensor) -> torch.Tensor:
         """``[L*N, D]`` cross tokens -> ``[L*N, E]``, with the norm's affine and

@@ -1,6 +1,7 @@
 """The contrastive objective of every dual encoder (SPEC §4): ITC + L_JS on
 image-caption pairs, as :func:`clip_losses` and as the registered ``clip``
-fine-tuning objective."""
+fine-tuning objective. The ITC term is the family's own contrastive loss
+(:meth:`Adapter.contrastive_loss`: CLIP's softmax, SigLIP's sigmoid)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ from crossget_cli.adapters.registry import find_adapter
 from crossget_cli.adapters.patching import reduction_config
 from crossget_cli.adapters.model_io import ModelIO
 from crossget_cli.adapters.training import FinetuneConfig, Objective, gather, register_objective, world_info
-from crossget_cli.core import collect_cross_tokens, contrastive_loss, js_loss
-from crossget_cli.core.losses import MAX_LOGIT_SCALE
+from crossget_cli.core import collect_cross_tokens, js_loss
 from crossget_cli.errors import CrossGetError
 
 
@@ -29,9 +29,9 @@ def clip_losses(
 ) -> dict[str, torch.Tensor]:
     """``{"itc", "js", "total"}`` for one batch of image-caption pairs.
 
-    ``itc`` is the symmetric contrastive loss with soft targets from equal
-    ``image_ids`` (default: every image distinct) and the logit scale clamped in
-    place to [0, ln 100]; ``js`` is L_JS between the projected cross tokens of the
+    ``itc`` is the family's contrastive loss (:meth:`Adapter.contrastive_loss`;
+    CLIP's: symmetric softmax with soft targets from equal ``image_ids``, the logit
+    scale clamped in place to [0, ln 100]); ``js`` is L_JS between the projected cross tokens of the
     two towers; ``total = itc_weight * itc + js_weight * js`` (0.5 / 0.5 as in the
     paper). Run it in training mode: that is when the text tower injects its cross
     tokens even with r = 0.
@@ -41,14 +41,11 @@ def clip_losses(
     used for training from scratch and for the controls of an accuracy study.
     """
     adapter = find_adapter(model)
-    scale = adapter.logit_scale(model)
-    with torch.no_grad():
-        scale.clamp_(0, MAX_LOGIT_SCALE)
     config = reduction_config(model)
     if config is None or config.method != "crossget":
         image_features = adapter.encode_image(model, images)
         text_features = adapter.encode_text(model, texts)
-        itc = contrastive_loss(image_features, text_features, scale, image_ids)
+        itc = adapter.contrastive_loss(model, image_features, text_features, image_ids)
         return {
             "itc": itc,
             "js": itc.new_zeros(()),
@@ -69,7 +66,7 @@ def clip_losses(
             f"{text_cross.shape[0] // texts.shape[0]} text layers",
             "use a model whose towers have the same number of layers (SPEC §4)",
         )
-    itc = contrastive_loss(image_features, text_features, scale, image_ids)
+    itc = adapter.contrastive_loss(model, image_features, text_features, image_ids)
     js = js_loss(image_cross, text_cross)
     return {
         "itc": itc,
@@ -132,9 +129,7 @@ class ClipObjective(Objective):
         if world_info()[1] == 1:
             return local
         adapter = find_adapter(model)
-        itc = contrastive_loss(
-            gather(local["image_features"]), gather(local["text_features"]), adapter.logit_scale(model), gather(image_ids)
-        )
+        itc = adapter.contrastive_loss(model, gather(local["image_features"]), gather(local["text_features"]), gather(image_ids))
         if "image_cross" not in local:  # no cross tokens: ITC alone
             return {"itc": itc, "js": local["js"], "total": itc}
         # Cross rows are layer-major per rank; gathering keeps image and text rows aligned.

@@ -1,7 +1,7 @@
 """SigLIP: open_clip's (``openclip-siglip``) and transformers' (``hf-siglip``)
-SigLIP models, and the ``siglip`` fine-tuning objective (sigmoid loss + L_JS)."""
+SigLIP models. They fine-tune with the ``clip`` objective, whose task loss is
+then SigLIP's sigmoid loss (:meth:`~crossget_cli.adapters.base.Adapter.contrastive_loss`)."""
 
-from crossget_cli.adapters.siglip import objectives  # noqa: F401  (registers "siglip")
 from crossget_cli.adapters.siglip.adapter import OpenClipSiglipAdapter
 from crossget_cli.adapters.siglip.hf import HFSiglipAdapter
 

@@ -63,6 +63,24 @@ def sigmoid_logits(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor,
     return logits if bias is None else logits + bias
 
 
+def sigmoid_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor | None,
+    image_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SigLIP's loss: ``-sum log sigmoid(z_ij * logit_ij) / N`` over every
+    image-caption pair, ``z_ij = +1`` for a matching pair (equal image ids;
+    default: the diagonal) and ``-1`` otherwise. The logit scale is not clamped:
+    SigLIP's trained scales exceed CLIP's ln 100."""
+    logits = sigmoid_logits(image_features, text_features, logit_scale, logit_bias)
+    if image_ids is None:
+        image_ids = torch.arange(logits.shape[0], device=logits.device)
+    labels = (image_ids[:, None] == image_ids[None, :]).to(logits.dtype) * 2 - 1
+    return -F.logsigmoid(labels * logits).sum() / logits.shape[0]
+
+
 def _check_text_blocks(blocks: nn.Module) -> tuple[int, int]:
     if not isinstance(blocks, (nn.ModuleList, nn.Sequential)) or len(blocks) == 0:
         raise CrossGetError("text tower: no transformer blocks found", "expected open_clip's Transformer.resblocks")
@@ -230,3 +248,6 @@ class OpenClipSiglipAdapter(Adapter):
 
     def logit_bias(self, model: nn.Module) -> nn.Parameter | None:
         return getattr(model, "logit_bias", None)
+
+    def contrastive_loss(self, model, image_features, text_features, image_ids=None) -> torch.Tensor:
+        return sigmoid_loss(image_features, text_features, self.logit_scale(model), self.logit_bias(model), image_ids)

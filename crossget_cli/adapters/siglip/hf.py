@@ -22,7 +22,7 @@ from torch import nn
 from crossget_cli.adapters.base import Adapter, ModelInputs, Tower
 from crossget_cli.adapters.hf_clip.adapter import attention_function, attention_residual
 from crossget_cli.adapters.registry import register_adapter
-from crossget_cli.adapters.siglip.adapter import last_token_state, project_cross_tokens
+from crossget_cli.adapters.siglip.adapter import last_token_state, project_cross_tokens, sigmoid_loss
 from crossget_cli.adapters.tower import run_tower, tower_state, uses_reduced_path
 from crossget_cli.core import TokenState
 from crossget_cli.errors import CrossGetError
@@ -251,3 +251,6 @@ class HFSiglipAdapter(Adapter):
 
     def logit_bias(self, model: nn.Module) -> nn.Parameter | None:
         return getattr(model, "logit_bias", None)
+
+    def contrastive_loss(self, model, image_features, text_features, image_ids=None) -> torch.Tensor:
+        return sigmoid_loss(image_features, text_features, self.logit_scale(model), self.logit_bias(model), image_ids)
