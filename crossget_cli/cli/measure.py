@@ -101,31 +101,13 @@ def profile(
 ):
     """FLOPs, throughput, latency, memory and matching time: original vs CrossGET, over a sweep of r.
     Generative models (BLIP captioning/VQA, BLIP-2, LLaVA): also prefill latency, decode tokens/s, items/s, memory."""
-    from crossget_cli.adapters.patching import reduction_config
     from crossget_cli.cli.render import profile_table, progress_bar
     from crossget_cli.files import check_writable, write_atomic
-    from crossget_cli.loading.models import load_model
+    from crossget_cli.profile.job import run_profile
     from crossget_cli.profile.plot import plot_report
-    from crossget_cli.profile.speed import ProfileConfig, check_cuda_graphs, profile_model
+    from crossget_cli.profile.speed import ProfileConfig
 
-    if cuda_graphs:  # refused before a model is loaded
-        check_cuda_graphs(device, compile_)
-    for path, option in ((output, "--output"), (plot, "--plot")):
-        if path:
-            check_writable(path, option)
-    vision_sweep, text_sweep = parse_sweep("--vision-r", vision_r), parse_sweep("--text-r", text_r)
-    accuracy_data = read_json(accuracy, "--accuracy") if accuracy else None
-    loaded = load_model(model, pretrained)
-    from crossget_cli.adapters.registry import find_adapter
-
-    adapter = find_adapter(loaded.model)
-    reduces_text = "text" in adapter.reduces
-    current = reduction_config(loaded.model)
-    if vision_sweep is None and text_sweep is None and current is not None:
-        vision_sweep, text_sweep = [current.vision_r], [current.text_r]
     config = ProfileConfig(
-        vision_r=vision_sweep if vision_sweep is not None else [16] if text_sweep is None else [0],
-        text_r=text_sweep if text_sweep is not None else [6] if vision_sweep is None and reduces_text else [0],
         batch_sizes=parse_ints("--batch-sizes", batch_sizes),
         device=device,
         dtype=dtype,
@@ -137,26 +119,23 @@ def profile(
         towers=towers,
         method=method,
     )
+    for path, option in ((output, "--output"), (plot, "--plot")):
+        if path:
+            check_writable(path, option)
+    vision_sweep, text_sweep = parse_sweep("--vision-r", vision_r), parse_sweep("--text-r", text_r)
+    accuracy_data = read_json(accuracy, "--accuracy") if accuracy else None
     with progress_bar("profiling") as advance:
-        report = profile_model(loaded.model, config, progress=advance, model_name=loaded.source)
-    data = report.to_dict()
-    if generation is None:
-        generation = adapter.generates(loaded.model)
-    if generation:
-        from crossget_cli.profile.generation import profile_generation
-
-        timings = profile_generation(
-            loaded.model,
-            config.settings(),
-            batch=max(config.batch_sizes),
+        result = run_profile(
+            model,
+            config,
+            pretrained=pretrained,
+            vision_r=vision_sweep,
+            text_r=text_sweep,
+            generation=generation,
             new_tokens=new_tokens,
-            warmup=warmup,
-            repeats=repeats,
-            device=device,
-            dtype=config.torch_dtype,
-            method=method,
+            progress=advance,
         )
-        data["generation"] = [t.to_dict() for t in timings]
+    report, data = result.report, result.data
     if output:
         write_text_atomic(output, json.dumps(data, indent=2, default=str) + "\n")
     if plot:
@@ -242,7 +221,9 @@ def eval_command(
     ] = None,
     recipe: Annotated[
         Optional[str],
-        typer.Option("--recipe", "-r", help="Recipe (file or shipped name) whose eval section gives generation/re-ranking defaults."),
+        typer.Option(
+            "--recipe", "-r", help="Recipe (file or shipped name) whose eval section gives generation/re-ranking defaults."
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images/texts per forward.")] = 64,
     num_workers: Annotated[int, typer.Option("--num-workers", help="DataLoader worker processes for images.")] = 0,
