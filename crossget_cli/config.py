@@ -30,6 +30,24 @@ def validate_r(name: str, value: RSpec) -> int | tuple[int, ...]:
     return check(value)
 
 
+def parse_r(text: str, name: str = "r", separator: str = ",") -> int | tuple[int, ...]:
+    """An r setting written as text: ``"16"`` -> 16, ``"16,16,8"`` -> (16, 16, 8) (one
+    value per layer; ``separator`` joins them). Raises :class:`CrossGetError` naming ``name``."""
+    try:
+        numbers = [int(part) for part in text.strip().split(separator)]
+    except ValueError:
+        raise CrossGetError(
+            f"{name} must be an integer or {separator!r}-separated integers (one per layer), got {text!r}", f"e.g. {name} 16"
+        ) from None
+    return validate_r(name, numbers[0] if len(numbers) == 1 else tuple(numbers))
+
+
+def parse_r_sweep(text: str, name: str = "r") -> list[int | tuple[int, ...]]:
+    """A sweep of r settings: ``"0,4,8"`` -> [0, 4, 8]; a per-layer setting joins its
+    values with ``/`` (``"16,4/4/2/2"`` -> [16, (4, 4, 2, 2)])."""
+    return [parse_r(item, name, separator="/") for item in text.split(",")]
+
+
 @dataclass(frozen=True)
 class ReductionConfig:
     """How many tokens each layer of each tower merges.

@@ -71,22 +71,6 @@ def handle_errors(command):
     return run
 
 
-def parse_r(option: str, value: Optional[str]):
-    """``"16"`` -> 16, ``"16,16,8"`` -> (16, 16, 8) (one value per layer)."""
-    if value is None:
-        return None
-    parts = [p.strip() for p in value.split(",")]
-    try:
-        numbers = [int(p) for p in parts]
-    except ValueError:
-        raise CrossGetError(
-            f"{option} must be an integer or a comma-separated list of integers, got {value!r}", f"e.g. {option} 16"
-        ) from None
-    if any(n < 0 for n in numbers):
-        raise CrossGetError(f"{option} must be >= 0, got {value!r}", "r is the number of tokens merged per layer")
-    return numbers[0] if len(numbers) == 1 else tuple(numbers)
-
-
 def print_json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 

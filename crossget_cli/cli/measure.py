@@ -24,26 +24,6 @@ from crossget_cli.cli.common import (
 from crossget_cli.errors import CrossGetError
 
 
-def parse_sweep(option: str, value: Optional[str]):
-    """``"0,4,8"`` -> [0, 4, 8]; a per-layer setting joins its values with
-    ``/`` (``"16,4/4/2/2"`` -> [16, (4, 4, 2, 2)])."""
-    if value is None:
-        return None
-    sweep = []
-    for item in value.split(","):
-        try:
-            numbers = [int(p) for p in item.strip().split("/")]
-        except ValueError:
-            raise CrossGetError(
-                f"{option} must be comma-separated integers (per-layer values joined by '/'), got {value!r}",
-                f"e.g. {option} 0,8,16",
-            ) from None
-        if any(n < 0 for n in numbers):
-            raise CrossGetError(f"{option} must be >= 0, got {value!r}", "r is the number of tokens merged per layer")
-        sweep.append(numbers[0] if len(numbers) == 1 else tuple(numbers))
-    return sweep
-
-
 def parse_ints(option: str, value: str) -> list[int]:
     try:
         numbers = [int(p) for p in value.split(",")]
@@ -122,7 +102,10 @@ def profile(
     for path, option in ((output, "--output"), (plot, "--plot")):
         if path:
             check_writable(path, option)
-    vision_sweep, text_sweep = parse_sweep("--vision-r", vision_r), parse_sweep("--text-r", text_r)
+    from crossget_cli.config import parse_r_sweep
+
+    vision_sweep = parse_r_sweep(vision_r, "--vision-r") if vision_r is not None else None
+    text_sweep = parse_r_sweep(text_r, "--text-r") if text_r is not None else None
     accuracy_data = read_json(accuracy, "--accuracy") if accuracy else None
     with progress_bar("profiling") as advance:
         result = run_profile(

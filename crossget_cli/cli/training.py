@@ -14,10 +14,10 @@ from crossget_cli.cli.common import (
     ModelOpt,
     PretrainedOpt,
     handle_errors,
-    parse_r,
     print_json,
     stdout,
 )
+from crossget_cli.config import parse_r
 from crossget_cli.errors import CrossGetError
 
 FT = "Fine-tuning (--finetune)"
@@ -219,8 +219,8 @@ def compress(
             output,
             pretrained=pretrained,
             recipe=recipe_obj,
-            vision_r=parse_r("--vision-r", vision_r),
-            text_r=parse_r("--text-r", text_r),
+            vision_r=parse_r(vision_r, "--vision-r") if vision_r is not None else None,
+            text_r=parse_r(text_r, "--text-r") if text_r is not None else None,
             method=method,
             overwrite=overwrite,
             measure_speed=speed,
