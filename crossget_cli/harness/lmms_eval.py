@@ -25,7 +25,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lmms_eval.api.model import lmms
+try:
+    from lmms_eval.api.model import lmms
+except ImportError as err:  # the optional extra is missing: say which
+    raise ImportError(f"the crossget lmms-eval plugin needs lmms-eval ({err}): pip install 'crossget[lmms]'") from err
 
 from crossget_cli.adapters.generation import generation_kwargs
 from crossget_cli.adapters.patching import patch
