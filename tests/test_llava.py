@@ -172,6 +172,40 @@ def test_llm_cross_token_acts_in_prefill_and_lives_in_the_cache():
     assert torch.equal(cached, ids)
 
 
+def test_continuation_logprobs_score_each_prompt_as_alone():
+    """Log-likelihood scoring (lmms-eval's ``loglikelihood``): a left-padded batch scores
+    each prompt + continuation as the patched model does alone (log-softmax over the
+    continuation's tokens, summed), and flags the greedy continuation greedy."""
+    model = crossget_cli.patch(tiny_llava(), vision_r=2)
+    tokenizer = tiny_tokenizer()
+    adapter = find_adapter(model)
+    assert adapter.scores_continuations(model)
+    pixels = images(3)
+    expected, continuations = [], []
+    with torch.inference_mode():
+        for i, question in enumerate(QUESTIONS):
+            alone = prepare_inputs(model, tokenizer, [PROMPT.format(question=question)], pixels[i : i + 1])
+            first = int(model(**alone).logits[0, -1].argmax())
+            assert first > 3, "the greedy token is a special token: pick another seed"
+            greedy = tokenizer.convert_ids_to_tokens(first)
+            for word in (greedy, "red circle"):
+                cont = torch.tensor([tokenizer(f" {word}", add_special_tokens=False)["input_ids"]])
+                ids = torch.cat([alone["input_ids"], cont], dim=1)
+                logits = model(input_ids=ids, pixel_values=alone["pixel_values"]).logits[0, -cont.shape[1] - 1 : -1]
+                expected.append((logits.log_softmax(-1).gather(1, cont[0][:, None]).sum().item(), word == greedy))
+                continuations.append((i, f" {word}"))
+    scores = adapter.continuation_logprobs(
+        model,
+        pixels[[i for i, _ in continuations]],
+        [QUESTIONS[i] for i, _ in continuations],
+        [c for _, c in continuations],
+        tokenizer=tokenizer,
+        prompt=PROMPT,
+    )
+    assert [greedy for _, greedy in scores] == [greedy for _, greedy in expected]
+    assert [s for s, _ in scores] == pytest.approx([e for e, _ in expected], abs=1e-4)
+
+
 def test_load_compress_and_reload_through_model_path(tmp_path):
     from crossget_cli.export.compress import compress
     from crossget_cli.loading.models import load_model

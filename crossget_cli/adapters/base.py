@@ -249,6 +249,19 @@ class Adapter:
     ) -> list[str]:
         raise NotImplementedError
 
+    def scores_continuations(self, model: nn.Module) -> bool:
+        """Whether ``model`` scores given answers (:meth:`continuation_logprobs`), as
+        log-likelihood benchmarks (lmms-eval's ``loglikelihood`` requests) need."""
+        return False
+
+    def continuation_logprobs(
+        self, model: nn.Module, images: torch.Tensor, questions, continuations, tokenizer=None, prompt=None
+    ) -> list[tuple[float, bool]]:
+        """Per question (the template's ``{question}`` filled in, one image each): the
+        log-probability of its continuation after the prompt, and whether greedy
+        decoding would produce exactly that continuation (when :meth:`scores_continuations`)."""
+        raise NotImplementedError(f"{type(model).__name__} ({self.description}) does not score continuations")
+
     def cross_norm_and_projection(self, model: nn.Module, modality: str) -> tuple[nn.LayerNorm, torch.Tensor]:
         """The LayerNorm and the ``[D, E]`` projection that map a tower's cross
         tokens into the shared embedding space for L_JS (SPEC §4: ``ln_pre`` and

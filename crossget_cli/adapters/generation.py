@@ -21,8 +21,6 @@ class GenerationCalls:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
-
-
 def decode(tokenizer, ids: torch.Tensor) -> list[str]:
     """Generated token ids to stripped text."""
     if tokenizer is None:
@@ -34,4 +32,5 @@ def generation_kwargs(generation: dict) -> dict:
     """``max_new_tokens``, ``num_beams``, ``min_new_tokens``... as ``generate`` takes them;
     ``None`` values are left to the model's defaults."""
     allowed = ("max_new_tokens", "min_new_tokens", "num_beams", "repetition_penalty", "length_penalty", "do_sample")
+    allowed += ("temperature", "top_p")  # sampling settings (lmms-eval's generation kwargs)
     return {k: v for k, v in generation.items() if k in allowed and v is not None}

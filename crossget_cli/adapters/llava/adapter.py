@@ -324,18 +324,48 @@ class LlavaAdapter(Adapter):
     ) -> list[str]:
         """Greedy answers: the template's ``{question}`` filled in, the image
         placeholder expanded to the model's visual-token count, the new tokens decoded."""
-        if tokenizer is None:
-            raise CrossGetError(
-                "no tokenizer was saved with the LLaVA model", "save one next to it (tokenizer.save_pretrained(folder))"
-            )
-        template = prompt or VQA_TEMPLATE
-        if "{question}" not in template:
-            raise CrossGetError(f"prompt template {template!r} has no {{question}}", f"e.g. {VQA_TEMPLATE!r}")
-        inputs = prepare_inputs(model, tokenizer, [template.format(question=q) for q in questions], images)
+        inputs = prepare_inputs(model, tokenizer, _prompts(tokenizer, prompt, questions), images)
         settings = {"do_sample": False, **generation_kwargs(generation)}
         with torch.inference_mode():
             out = model.generate(**inputs, pad_token_id=tokenizer.pad_token_id, **settings)
         return decode(tokenizer, out[:, inputs["input_ids"].shape[1] :])
+
+    def scores_continuations(self, model: nn.Module) -> bool:
+        return isinstance(getattr(model, "lm_head", None), nn.Module)
+
+    def continuation_logprobs(
+        self, model: nn.Module, images: torch.Tensor, questions, continuations, tokenizer=None, prompt=None
+    ) -> list[tuple[float, bool]]:
+        """The summed log-probability of each continuation's tokens after its prompt
+        (built as for :meth:`answer_questions`) and whether each is the greedy one. The
+        continuation is tokenized on its own (no special tokens) and appended to the
+        prompt's tokens; the batch is padded on the left, with positions counted from
+        each row's first real token, so a row scores as it would alone."""
+        if not self.scores_continuations(model):
+            raise NotImplementedError(f"{type(model).__name__} has no language-model head to score continuations")
+        context = prepare_inputs(model, tokenizer, _prompts(tokenizer, prompt, questions), images)
+        rows, lengths = [], []
+        for ids, mask, continuation in zip(context["input_ids"], context["attention_mask"], continuations):
+            tokens = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+            if not tokens:
+                raise CrossGetError(f"continuation {continuation!r} has no tokens", "score a non-empty continuation")
+            rows.append(ids[mask.bool()].tolist() + tokens)
+            lengths.append(len(tokens))
+        width = max(len(r) for r in rows)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        device = images.device
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, pixel_values=images).logits
+        scores = []
+        for i, n in enumerate(lengths):
+            predicted = logits[i, width - n - 1 : width - 1].float().log_softmax(dim=-1)
+            target = input_ids[i, width - n :]
+            logprob = predicted.gather(1, target[:, None]).sum().item()
+            scores.append((logprob, bool((predicted.argmax(dim=-1) == target).all())))
+        return scores
 
     def generation_calls(self, model: nn.Module, images: torch.Tensor, prompt_length: int = 32):
         """Callables for :func:`crossget_cli.profile.generation.time_generation`: the vision
@@ -353,6 +383,18 @@ class LlavaAdapter(Adapter):
             ),
             facts={"visual_tokens_into_llm": num_image_tokens(model), "prompt_tokens": int(inputs["input_ids"].shape[1])},
         )
+
+
+def _prompts(tokenizer, prompt: str | None, questions: Sequence[str]) -> list[str]:
+    """``questions`` filled into the template (LLaVA-1.5's short-answer one by default)."""
+    if tokenizer is None:
+        raise CrossGetError(
+            "no tokenizer was saved with the LLaVA model", "save one next to it (tokenizer.save_pretrained(folder))"
+        )
+    template = prompt or VQA_TEMPLATE
+    if "{question}" not in template:
+        raise CrossGetError(f"prompt template {template!r} has no {{question}}", f"e.g. {VQA_TEMPLATE!r}")
+    return [template.format(question=q) for q in questions]
 
 
 def example_prompts(model: nn.Module, batch: int, text_tokens: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
