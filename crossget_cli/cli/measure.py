@@ -66,7 +66,7 @@ def profile(
         Optional[bool],
         typer.Option(
             "--generation/--no-generation",
-            help="Generative models (BLIP captioning/VQA, BLIP-2, LLaVA): also time prefill, decode and end-to-end generation "
+            help="Models that generate text (captioning, VQA): also time prefill, decode and end-to-end generation "
             "(default: on for them; always eager, also with --cuda-graphs).",
         ),
     ] = None,
@@ -80,7 +80,7 @@ def profile(
     debug: DebugOpt = False,
 ):
     """FLOPs, throughput, latency, memory and matching time: original vs CrossGET, over a sweep of r.
-    Generative models (BLIP captioning/VQA, BLIP-2, LLaVA): also prefill latency, decode tokens/s, items/s, memory."""
+    Models that generate text: also prefill latency, decode tokens/s, items/s, memory."""
     from crossget_cli.cli.render import profile_table, progress_bar
     from crossget_cli.files import check_writable, write_atomic
     from crossget_cli.profile.job import run_profile
@@ -179,7 +179,8 @@ def eval_command(
         Optional[int],
         typer.Option(
             "--itm-k",
-            help="Retrieval with an ITM head (BLIP): re-rank the ITC top k (default 128; BLIP: 128 Flickr, 256 COCO; 0 = ITC only).",
+            help="Retrieval with a model that has an image-text matching head: re-rank the ITC top k "
+            "(default 128; BLIP's own evaluation: 128 Flickr, 256 COCO; 0 = ITC only).",
         ),
     ] = None,
     max_new_tokens: Annotated[
@@ -198,8 +199,8 @@ def eval_command(
         Optional[str],
         typer.Option(
             "--prompt",
-            help="Captioning: text prefix (BLIP: 'a picture of '); VQA/multiple-choice: template with {question} "
-            "(default: the model's exported recipe, else the family's, e.g. LLaVA-1.5's).",
+            help="Captioning: text prefix (e.g. 'a picture of '); VQA/multiple-choice: template with {question} "
+            "(default: the model's exported recipe, else its family's).",
         ),
     ] = None,
     recipe: Annotated[
