@@ -25,18 +25,13 @@ def cases() -> list[tuple[str, str]]:
 CASES = cases()
 
 
-#: Families whose patched vision blocks compute attention with another kernel
-#: than the original's (open_clip: nn.MultiheadAttention there, SDPA here; BLIP:
-#: transformers' eager BLIP attention there, SDPA here), so an unchanged
-#: computation matches to rounding only; the others run the model's own
-#: attention function and match bit for bit.
-OTHER_ATTENTION_KERNEL = {"openclip", "blip"}
-
-
 def same_computation_tolerance(adapter_name: str) -> dict:
     """``assert_close`` tolerances for a patched vision tower that should compute
-    what the original does (see :data:`OTHER_ATTENTION_KERNEL`)."""
-    return dict(rtol=1e-6, atol=1e-6) if adapter_name in OTHER_ATTENTION_KERNEL else dict(rtol=0, atol=0)
+    what the original does: exact where the patched blocks run the model's own
+    attention function, to rounding where they run another kernel
+    (``Adapter.own_attention_kernel``)."""
+    exact = get_adapter(adapter_name).own_attention_kernel
+    return dict(rtol=0, atol=0) if exact else dict(rtol=1e-6, atol=1e-6)
 
 
 def builder(adapter_name: str, model_name: str) -> Callable[[], nn.Module]:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import crossget_cli
+from crossget_cli.adapters.base import Adapter
 from crossget_cli.adapters.registry import find_adapter, get_adapter, list_adapters
 from crossget_cli.core import collect_cross_tokens, js_loss, token_schedule, trace_reduction
 from crossget_cli.errors import CrossGetError
@@ -19,7 +20,6 @@ from tiny_models import openclip_tiny
 
 #: families whose encode_text passes a padding mask (CLIP's, like the official
 #: code, pads every caption to the full context and passes none)
-PADDING_AWARE = {"blip"}
 
 
 def test_every_adapter_has_tiny_models():
@@ -94,9 +94,7 @@ def _block_paths(model, tower) -> list[str]:
     return [paths[id(block)] for block in tower.blocks]
 
 
-def _hook_in_the_cross_slot(
-    model, block_paths: list[str], cross: torch.Tensor, has_cls: bool = True
-) -> tuple[list[int], list]:
+def _hook_in_the_cross_slot(model, block_paths: list[str], cross: torch.Tensor, has_cls: bool = True) -> tuple[list[int], list]:
     """Turn the *unpatched* ``model``'s vision tower into SPEC §3's CrossGET
     tower with r = 0, by hooks alone: block 0's input gets one more slot, a copy
     of CLS (token 0; without CLS, ``has_cls`` false, the mean of the patch
@@ -139,7 +137,7 @@ def test_r_zero_semantics(adapter_name, model_name):
     for zero and for random cross tokens.
 
     Every family fits this expectation, bit for bit or, where the patched block
-    runs another attention kernel, to rounding (sweep.OTHER_ATTENTION_KERNEL),
+    runs another attention kernel, to rounding (Adapter.own_attention_kernel),
     whatever its encode_image reads of the tower: CLIP and BLIP pool CLS of the
     last output; the BLIP-2 Q-Former cross-attends to every output token (the
     slot is dropped before it); LLaVA projects the hidden state of a middle
@@ -193,18 +191,9 @@ def test_token_counts_follow_the_schedule(adapter_name, model_name):
         assert seen == counts[1:]
         sizes = [r["sizes"] for r in trace if r["modality"] == tower.modality][-1]
         expected = torch.full((sizes.shape[0],), float(tower.num_tokens))
-        if tower.modality == "text" and adapter_name in PADDING_AWARE:
+        if tower.modality == "text" and find_adapter(model).masks_text_padding:
             expected[1] -= tower.num_tokens - 1 - 6  # caption 1's padding has size 0 (the cross slot is last)
         assert torch.equal(sizes.sum(dim=1)[:, 0], expected)  # every real token accounted for
-
-
-#: families whose text tower attends to its cross token: BLIP's text encoder is
-#: bidirectional BERT (every token attends to the slot). CLIP's text tower is
-#: causal with the slot last, and its matching is guided by EOT's query, so no
-#: feature depends on the text cross token (SPEC §3); LLaVA's text cross token
-#: lives in the LLM, which encode_image does not run.
-#: SigLIP's text towers are bidirectional too (their slot is carried forward like vision's).
-TEXT_CROSS_ATTENDED = {"blip", "openclip-siglip", "hf-siglip"}
 
 
 def _feature_loss(values: torch.Tensor, seed: int) -> torch.Tensor:
@@ -227,9 +216,11 @@ def _nonzero(grad) -> bool:
 @pytest.mark.parametrize("adapter_name,model_name", CASES)
 def test_backward_reaches_cross_tokens(adapter_name, model_name):
     """The features train the vision cross token (every patch attends to it);
-    CLIP's text cross token gets no gradient from the features (see
-    TEXT_CROSS_ATTENDED), only from L_JS (SPEC §4), which every dual encoder
-    with both towers trains it with."""
+    a causal text tower's (CLIP's) cross token gets no gradient from the features
+    (``Adapter.causal_text``: nothing attends to the slot, SPEC §3), only from L_JS
+    (SPEC §4), which every dual encoder with both towers trains it with. Bidirectional
+    text towers (BERT's, SigLIP's) attend to it; LLaVA's text cross token lives in the
+    LLM, which encode_text does not run."""
     model = build(adapter_name, model_name)
     images, texts = example_inputs(model)
     _patch(model, vision_r=2, text_r=2)
@@ -251,7 +242,7 @@ def test_backward_reaches_cross_tokens(adapter_name, model_name):
     for name in vision:
         assert _nonzero(from_features[name]), name
     for name in text:
-        assert _nonzero(from_features[name]) == (adapter_name in TEXT_CROSS_ATTENDED), name
+        assert _nonzero(from_features[name]) == (not adapter.causal_text), name
 
     if not (cross["vision"] and cross["text"]):
         return  # one tower (or LLaVA, whose text cross tokens need a prompt): no L_JS here
@@ -331,17 +322,19 @@ def test_torch_compile_matches_eager(adapter_name):
     assert torch.allclose(compiled, eager, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize(
-    # timm-vit: image classifiers, no text tower
-    "adapter_name,model_name", [c for c in CASES if "Vision" not in c[1] and c[0] not in ("blip", "blip2", "llava", "timm-vit")]
-)
+@pytest.mark.parametrize("adapter_name,model_name", CASES)
 def test_token_embeddings_replace_the_lookup(adapter_name, model_name):
     """Prompt learning feeds embeddings instead of ids: the lookup's own
-    embeddings must give the ids' features."""
+    embeddings must give the ids' features (on every model prompt learning takes)."""
+    from crossget_cli.adapters.prompts import token_embedding
+
     model = build(adapter_name, model_name)
     _patch(model, vision_r=2, text_r=2)
     _, texts = example_inputs(model)
-    lookup = next(m for n, m in model.named_modules() if n.endswith("token_embedding"))
+    try:
+        lookup = token_embedding(model)
+    except CrossGetError:
+        pytest.skip(f"{model_name} has no text token lookup for prompt learning")
     adapter = find_adapter(model)
     with torch.no_grad():
         assert torch.equal(adapter.encode_text(model, texts, token_embeddings=lookup(texts)), adapter.encode_text(model, texts))

@@ -168,6 +168,17 @@ class Adapter:
     #: Named ``--trainable`` groups this family offers: name -> parameter-name
     #: substrings (LLaVA: the projector, the LLM).
     trainable_groups: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: Whether the text tower attends causally (CLIP): then no token attends to the
+    #: text cross slot, which changes no text feature and trains through L_JS only
+    #: (SPEC §3). Bidirectional text towers (BERT's, SigLIP's) attend to it.
+    causal_text: ClassVar[bool] = True
+    #: Whether the text tower takes a padding mask: padding then has size 0 and is
+    #: merged into nothing real (``TokenState.pad``).
+    masks_text_padding: ClassVar[bool] = False
+    #: Whether the patched blocks run the model's own attention function, so a block
+    #: that merges nothing computes exactly what the original does; False where the
+    #: reduced path computes attention with another kernel (equal to rounding).
+    own_attention_kernel: ClassVar[bool] = True
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

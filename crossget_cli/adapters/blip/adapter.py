@@ -128,6 +128,9 @@ def special_id(config, *names: str, default: int | None = None) -> int | None:
 @register_adapter("blip")
 class BlipAdapter(Adapter):
     description = "transformers BlipForImageTextRetrieval, BlipForConditionalGeneration, BlipForQuestionAnswering"
+    causal_text = False  # BERT
+    masks_text_padding = True
+    own_attention_kernel = False  # SDPA where transformers runs its eager BLIP attention
     generation_defaults = {"num_beams": 3}  # beam search, as BLIP evaluates
 
     @classmethod

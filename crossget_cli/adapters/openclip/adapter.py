@@ -166,6 +166,7 @@ def _text_owner(model: nn.Module) -> nn.Module | None:
 @register_adapter("openclip")
 class OpenClipAdapter(Adapter):
     description = "open_clip CLIP / CustomTextCLIP with a ViT image tower (also OpenAI-style CLIP checkpoints)"
+    own_attention_kernel = False  # SDPA where open_clip runs nn.MultiheadAttention
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

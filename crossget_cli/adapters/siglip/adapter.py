@@ -173,6 +173,7 @@ def _siglip_text(model: nn.Module) -> nn.Module | None:
 @register_adapter("openclip-siglip")
 class OpenClipSiglipAdapter(Adapter):
     description = "open_clip SigLIP (CustomTextCLIP: timm ViT image tower with MAP pooling, bidirectional last-token text)"
+    causal_text = False
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

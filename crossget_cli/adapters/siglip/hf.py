@@ -151,6 +151,7 @@ def find_towers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 @register_adapter("hf-siglip")
 class HFSiglipAdapter(Adapter):
     description = "transformers SiglipModel, SiglipVisionModel, SiglipTextModel"
+    causal_text = False
     #: asked before hf-clip, whose text-tower test a SigLIP text tower also passes
     priority = 1
 
