@@ -18,8 +18,8 @@ placeholder (one per prompt) to its image's count.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Sequence
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -67,24 +67,19 @@ def tiled_inputs(model: nn.Module, pixel_values: torch.Tensor, image_sizes=None)
     """``pixel_values`` ``[N, tiles, 3, S, S]`` and ``image_sizes`` ``[N, 2]`` (height,
     width) as the model takes them.
 
-    ``[N, 3, S, S]`` are single tiles: each becomes an ``S x S`` image (its base tile
-    and its one grid tile, the same picture, as the processor makes them), which
-    needs ``[S, S]`` among the pinpoints. Without ``image_sizes`` (``crossget eval``
-    hands over pixels only) each image's size is the pinpoint whose grid gives its tile
-    count: exact for the reduced path, which uses only the count, and for the spatial
-    (unreduced) path whenever the image has the grid's aspect ratio; a count that
-    several grids give is refused there."""
+    ``[N, 3, S, S]`` are single tiles: each stands for an image of the smallest grid
+    whose every tile (base included) is that tile (FLOPs, timing). Without
+    ``image_sizes`` (``crossget eval`` hands over pixels only) each image's size is the
+    pinpoint whose grid gives its tile count: exact for the reduced path, which uses
+    only the count, and for the spatial (unreduced) path whenever the image has the
+    grid's aspect ratio; a count that several grids give is refused there."""
     config = anyres_core(model).config
     size = config.vision_config.image_size
     if pixel_values.dim() == 4:
-        pixel_values = pixel_values[:, None]
-        if [size, size] not in [list(p) for p in config.image_grid_pinpoints]:
-            raise CrossGetError(
-                f"single {size} px tiles need [{size}, {size}] in image_grid_pinpoints",
-                "pass the processor's pixel_values [N, tiles, 3, H, W] and image_sizes",
-            )
-        pixel_values = pixel_values.expand(-1, 2, -1, -1, -1)
-        image_sizes = image_sizes if image_sizes is not None else [[size, size]] * pixel_values.shape[0]
+        smallest = min(config.image_grid_pinpoints, key=lambda p: (p[0] // size) * (p[1] // size))
+        tiles = (smallest[0] // size) * (smallest[1] // size) + 1
+        pixel_values = pixel_values[:, None].expand(-1, tiles, -1, -1, -1)
+        image_sizes = image_sizes if image_sizes is not None else [list(smallest)] * pixel_values.shape[0]
     if pixel_values.dim() != 5 or tuple(pixel_values.shape[-3:]) != (3, size, size):
         raise CrossGetError(
             f"pixel_values of shape {tuple(pixel_values.shape)}: the model takes [N, tiles, 3, {size}, {size}]",
@@ -195,8 +190,8 @@ class LlavaNextAdapter(Adapter):
     #: (whose search finds OneVision's SigLIP tower)
     priority = 2
     reduces = ("vision",)
-    prompt_templates = {"vqa": VQA_TEMPLATE, "multiple-choice": CHOICE_TEMPLATE}
-    generation_defaults = {"num_beams": 1}
+    prompt_templates: ClassVar[dict[str, str]] = {"vqa": VQA_TEMPLATE, "multiple-choice": CHOICE_TEMPLATE}
+    generation_defaults: ClassVar[dict[str, object]] = {"num_beams": 1}
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

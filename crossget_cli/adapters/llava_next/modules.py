@@ -199,9 +199,5 @@ class ReducingSiglipTower:
 
 
 def check_sizes(model: nn.Module) -> None:
-    """Refuse configurations whose token counts CrossGET cannot follow."""
-    core = anyres_core(model)
+    """Refuse configurations whose token counts CrossGET cannot follow (several feature layers)."""
     feature_layer(model)
-    vision = core.config.vision_config
-    if vision.image_size % vision.patch_size:
-        raise CrossGetError(f"tile size {vision.image_size} is not a multiple of patch {vision.patch_size}", "check the config")
