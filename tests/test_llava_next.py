@@ -134,7 +134,7 @@ def test_generate_matches_features_fed_by_hand(kind):
             model(**inputs).logits, reference(inputs_embeds=embeds, attention_mask=inputs["attention_mask"]).logits
         )
     for sample in (False, True):
-        kwargs = dict(max_new_tokens=5, do_sample=sample, top_k=0, pad_token_id=0, eos_token_id=None)
+        kwargs = {"max_new_tokens": 5, "do_sample": sample, "top_k": 0, "pad_token_id": 0, "eos_token_id": None}
         torch.manual_seed(7)
         patched = model.generate(**inputs, **kwargs)[:, inputs["input_ids"].shape[1] :]
         torch.manual_seed(7)
