@@ -295,8 +295,8 @@ class LlavaNextAdapter(Adapter):
         return decode(tokenizer, out[:, inputs["input_ids"].shape[1] :])
 
     def generation_calls(self, model: nn.Module, images: torch.Tensor, prompt_length: int = 32) -> GenerationCalls:
-        """The vision tower and projector on ``images`` (single tiles, each an
-        ``S x S`` image of two tiles, see :func:`tiled_inputs`) and greedy ``generate``
+        """The vision tower and projector on ``images`` (single tiles, each standing
+        for an image of the smallest grid, see :func:`tiled_inputs`) and greedy ``generate``
         of exactly ``n`` tokens on :func:`example_prompts`."""
         pixel_values, image_sizes = tiled_inputs(model, images)
         inputs = {k: v.to(images.device) for k, v in example_prompts(model, image_sizes, prompt_length).items()}
