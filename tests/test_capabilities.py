@@ -28,6 +28,8 @@ EXPECTED = {
     "Blip2ForConditionalGeneration": (("captioning", "vqa"), True, False),
     "Blip2ForImageTextRetrieval": (("retrieval",), False, True),
     "LlavaForConditionalGeneration": (("vqa", "multiple-choice"), True, False),
+    "LlavaOnevisionForConditionalGeneration": (("vqa", "multiple-choice"), True, False),
+    "LlavaNextForConditionalGeneration": (("vqa", "multiple-choice"), True, False),
     "timm-vit-token": ((), False, False),
     "timm-vit-map": ((), False, False),
     "openclip-SigLIP": (CONTRASTIVE, False, False),

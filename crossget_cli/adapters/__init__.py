@@ -16,6 +16,7 @@ from crossget_cli.adapters import hf_clip  # noqa: F401,E402  (registers "hf-cli
 from crossget_cli.adapters import blip  # noqa: F401,E402  (registers "blip" and its objectives)
 from crossget_cli.adapters import blip2  # noqa: F401,E402  (registers "blip2")
 from crossget_cli.adapters import llava  # noqa: F401,E402  (registers "llava" and its objective)
+from crossget_cli.adapters import llava_next  # noqa: F401,E402  (registers "llava-next": OneVision and NeXT)
 from crossget_cli.adapters import timm_vit  # noqa: F401,E402  (registers "timm-vit")
 from crossget_cli.adapters import siglip  # noqa: F401,E402  (registers "openclip-siglip" and "hf-siglip")
 from crossget_cli.adapters import contrastive  # noqa: F401,E402  (registers the "clip" objective)

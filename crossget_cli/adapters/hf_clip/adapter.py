@@ -79,7 +79,7 @@ def _output(last_hidden_state: torch.Tensor, pooled: torch.Tensor):
     return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=pooled)
 
 
-def _wanted_hidden(output_hidden_states, depth: int) -> set[int]:
+def wanted_hidden(output_hidden_states, depth: int) -> set[int]:
     """Indices (0 = the first block's input) of the hidden states asked for:
     ``True`` for all, or an index or list of indices (negative from the end)."""
     if output_hidden_states is True:
@@ -101,7 +101,7 @@ class ReducingVisionTower:
         x = self.pre_layrnorm(x)
         encoder = self.encoder
         depth = len(encoder.layers)
-        wanted = _wanted_hidden(output_hidden_states, depth)
+        wanted = wanted_hidden(output_hidden_states, depth)
         hidden: list[torch.Tensor | None] = [None] * (depth + 1)
 
         def keep(index: int, h: torch.Tensor) -> None:

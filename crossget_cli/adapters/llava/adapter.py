@@ -59,7 +59,7 @@ def llava_core(model: nn.Module) -> nn.Module | None:
     return None
 
 
-def _decoder_layers(language_model: nn.Module) -> nn.ModuleList | None:
+def decoder_layers(language_model: nn.Module) -> nn.ModuleList | None:
     layers = getattr(language_model, "layers", None)
     if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
         return None
@@ -113,7 +113,7 @@ def num_image_tokens(model: nn.Module) -> int:
 # --------------------------------------------------------------------------- vision tower
 
 
-def _block_forward(layer: nn.Module, x: torch.Tensor, state: TokenState, r: int) -> torch.Tensor:
+def llava_block_forward(layer: nn.Module, x: torch.Tensor, state: TokenState, r: int) -> torch.Tensor:
     """A CLIP encoder layer with LLaVA's reducer (SPEC §6); ToMe as in hf_clip."""
     guided = state.method == "crossget" and r > 0 and state.clamped_r(r, x.shape[1]) > 0
     x, q, k, weights = attention_residual(layer, x, state, need_weights=guided)
@@ -125,8 +125,10 @@ def _block_forward(layer: nn.Module, x: torch.Tensor, state: TokenState, r: int)
     return x + layer.mlp(layer.layer_norm2(x))
 
 
-class _LlavaVisionTower(ReducingVisionTower):
-    crossget_block = staticmethod(_block_forward)
+class LlavaVisionTower(ReducingVisionTower):
+    """Mixin for a transformers CLIP vision tower reduced with LLaVA's reducer (SPEC §6)."""
+
+    crossget_block = staticmethod(llava_block_forward)
 
 
 # --------------------------------------------------------------------------- LLM cross token
@@ -166,7 +168,10 @@ def _first_real_token(kwargs: dict) -> torch.Tensor:
     return torch.zeros(ref.shape[0], dtype=torch.long, device=ref.device)
 
 
-class _CrossTokenLLM:
+class CrossTokenLLM:
+    """Mixin for the LLM (decoder stack): during prefill its layers inject the LLM
+    cross token at each prompt's first real token (SPEC §6)."""
+
     def forward(self, *args, **kwargs):
         cross = getattr(self, "cross_text", None)
         if len(args) == 1:  # input_ids given positionally
@@ -179,7 +184,9 @@ class _CrossTokenLLM:
         return out
 
 
-class _CrossTokenLayer:
+class CrossTokenLayer:
+    """Mixin for each LLM decoder layer: overwrites the first real token before the layer in prefill."""
+
     def forward(self, hidden_states, *args, **kwargs):
         prefill = _PREFILL.value
         if prefill is not None:
@@ -239,7 +246,7 @@ class LlavaAdapter(Adapter):
         return (
             core is not None
             and tower_modality(core.vision_tower) == "vision"
-            and _decoder_layers(core.language_model) is not None
+            and decoder_layers(core.language_model) is not None
             and hasattr(core.config, "image_token_id")
         )
 
@@ -287,8 +294,8 @@ class LlavaAdapter(Adapter):
 
     def class_swaps(self, model: nn.Module) -> list[tuple[nn.Module, type]]:
         core = llava_core(model)
-        swaps = [(core.vision_tower, _LlavaVisionTower), (core.language_model, _CrossTokenLLM)]
-        return swaps + [(layer, _CrossTokenLayer) for layer in core.language_model.layers]
+        swaps = [(core.vision_tower, LlavaVisionTower), (core.language_model, CrossTokenLLM)]
+        return swaps + [(layer, CrossTokenLayer) for layer in core.language_model.layers]
 
     def inputs(self, model: nn.Module) -> ModelInputs:
         return ModelInputs(_config(model).vision_config.image_size, None, None, None, None)
