@@ -24,6 +24,7 @@ LAYERS = (
     ("api", "evaluation", "profile"),
     ("train",),
     ("export",),
+    ("harness",),  # other tools' harnesses (CLIP_benchmark): jobs that only the CLI imports
     ("cli", ""),  # "": the package's own __init__ (the public facade, lazy)
 )
 LAYER_OF = {part: level for level, parts in enumerate(LAYERS) for part in parts}
