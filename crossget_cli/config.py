@@ -59,17 +59,26 @@ class ReductionConfig:
         method: ``"crossget"`` (SPEC §1-§2: cross tokens, cross-guided matching and
             ensemble) or ``"tome"`` (ToMe's bipartite soft matching with
             proportional attention, no cross tokens; a baseline).
+        size_bias: whether attention adds ``log(size)`` of each merged key
+            (proportional attention, SPEC §7), in the towers and in whatever
+            cross-attends to merged tokens (BLIP's image consumers, a MAP head).
+            ``False`` is ToMe's ``prop_attn=False``: sizes are still tracked and
+            still weigh the merges (SPEC §2), but attention takes no additive
+            mask where the model has no other, so SDPA may pick its flash kernel.
     """
 
     vision_r: int | tuple[int, ...] = 0
     text_r: int | tuple[int, ...] = 0
     method: str = "crossget"
+    size_bias: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "vision_r", validate_r("vision_r", self.vision_r))
         object.__setattr__(self, "text_r", validate_r("text_r", self.text_r))
         if self.method not in METHODS:
             raise CrossGetError(f"unknown method {self.method!r}", f"choose one of: {', '.join(METHODS)}")
+        if not isinstance(self.size_bias, bool):
+            raise CrossGetError(f"size_bias must be true or false, got {self.size_bias!r}", "omit it to keep the size bias")
 
     def r_for(self, modality: str) -> int | tuple[int, ...]:
         return self.vision_r if modality == "vision" else self.text_r
@@ -87,7 +96,12 @@ class ReductionConfig:
         return r
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "vision_r": plain_r(self.vision_r), "text_r": plain_r(self.text_r)}
+        """JSON form; ``size_bias`` appears only when off, so the reports of the
+        default setting read as they always have."""
+        out = {"method": self.method, "vision_r": plain_r(self.vision_r), "text_r": plain_r(self.text_r)}
+        if not self.size_bias:
+            out["size_bias"] = False
+        return out
 
 
 def plain_r(r: int | Sequence[int]) -> int | list[int]:

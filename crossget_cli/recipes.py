@@ -38,10 +38,15 @@ class ReductionSpec:
     method: str = "crossget"
     vision_r: int | list[int] = 0  # tokens merged per vision layer (int or one per layer)
     text_r: int | list[int] = 0  # tokens merged per text layer
+    # false: no log(size) attention bias (ToMe's prop_attn=False); unset (None) is on, and is
+    # what an export writes for the default, so recipes and exports made before it read the same
+    size_bias: bool | None = None
 
     def to_config(self) -> ReductionConfig:
         as_r = lambda r: tuple(r) if isinstance(r, list) else r  # noqa: E731
-        return ReductionConfig(vision_r=as_r(self.vision_r), text_r=as_r(self.text_r), method=self.method)
+        return ReductionConfig(
+            vision_r=as_r(self.vision_r), text_r=as_r(self.text_r), method=self.method, size_bias=self.size_bias is not False
+        )
 
 
 @dataclass(frozen=True)
@@ -166,11 +171,12 @@ def _check_type(path: str, value, annotation: str):
             raise CrossGetError(f"recipe key {path} must be a mapping, got {value!r}", EXAMPLES_HINT)
         return
     ok = {
+        "bool": isinstance(value, bool),
         "int": isinstance(value, int) and not isinstance(value, bool),
         "float": isinstance(value, (int, float)) and not isinstance(value, bool),
         "str": isinstance(value, str),
     }
-    kinds = [k for k in ("int", "float", "str") if k in annotation]
+    kinds = [k for k in ("bool", "int", "float", "str") if k in annotation]
     if value is None and "None" in annotation:
         return
     if not any(ok[k] for k in kinds):

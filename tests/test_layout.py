@@ -24,7 +24,7 @@ LAYERS = (
     ("api", "evaluation", "profile"),
     ("train",),
     ("export",),
-    ("harness",),  # adapters to other evaluation tools (lmms-eval); nothing in the package imports them
+    ("harness",),  # running our models in other evaluation tools (lmms-eval, CLIP_benchmark): only the CLI imports it
     ("cli", ""),  # "": the package's own __init__ (the public facade, lazy)
 )
 LAYER_OF = {part: level for level, parts in enumerate(LAYERS) for part in parts}

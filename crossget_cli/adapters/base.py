@@ -25,6 +25,8 @@ from crossget_cli.errors import CrossGetError
 CONFIG_ATTR = "crossget_config"
 SCHEDULE_ATTR = "crossget_schedule"
 METHOD_ATTR = "crossget_method"
+#: Set (to ``False``) on a tower's holder only when the log-size bias is off.
+SIZE_BIAS_ATTR = "crossget_size_bias"
 PARENT_ATTR = "_crossget_parent"
 #: The ``crossget eval`` tasks whose answers are generated text.
 GENERATIVE_TASKS = ("captioning", "vqa", "multiple-choice")
@@ -320,6 +322,8 @@ class Adapter:
         for tower, schedule in zip(towers, schedules):
             setattr(tower.holder, SCHEDULE_ATTR, schedule)
             setattr(tower.holder, METHOD_ATTR, config.method)
+            if not config.size_bias:
+                setattr(tower.holder, SIZE_BIAS_ATTR, False)
             if config.method != "crossget":  # ToMe has no cross tokens
                 continue
             shape = (1, tower.num_layers, tower.width)
@@ -349,6 +353,8 @@ class Adapter:
             if hasattr(module, SCHEDULE_ATTR):
                 delattr(module, SCHEDULE_ATTR)
                 delattr(module, METHOD_ATTR)
+                if hasattr(module, SIZE_BIAS_ATTR):
+                    delattr(module, SIZE_BIAS_ATTR)
                 for name in ("cross_image", "cross_text"):
                     if name in module._parameters:
                         del module._parameters[name]

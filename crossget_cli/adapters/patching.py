@@ -10,14 +10,18 @@ from crossget_cli.adapters.registry import find_adapter
 from crossget_cli.config import ReductionConfig, RSpec
 
 
-def patch(model: nn.Module, vision_r: RSpec = 0, text_r: RSpec = 0, method: str = "crossget") -> nn.Module:
+def patch(
+    model: nn.Module, vision_r: RSpec = 0, text_r: RSpec = 0, method: str = "crossget", size_bias: bool = True
+) -> nn.Module:
     """Inject CrossGET into ``model`` in place and return it.
 
     ``vision_r``/``text_r`` are the tokens merged per layer: one integer for every
     layer (clamped to half the unprotected tokens at each layer) or one value per
-    layer. Patching a patched model reconfigures it, keeping its cross tokens.
+    layer. ``size_bias=False`` drops the ``log(size)`` attention bias of merged
+    tokens (ToMe's ``prop_attn=False``; see :class:`ReductionConfig`). Patching a
+    patched model reconfigures it, keeping its cross tokens.
     """
-    config = ReductionConfig(vision_r=vision_r, text_r=text_r, method=method)
+    config = ReductionConfig(vision_r=vision_r, text_r=text_r, method=method, size_bias=size_bias)
     return find_adapter(model).apply(model, config)
 
 

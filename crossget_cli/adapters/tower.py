@@ -11,7 +11,7 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from crossget_cli.adapters.base import METHOD_ATTR, SCHEDULE_ATTR
+from crossget_cli.adapters.base import METHOD_ATTR, SCHEDULE_ATTR, SIZE_BIAS_ATTR
 from crossget_cli.core import TokenState
 
 BlockForward = Callable[[nn.Module, torch.Tensor, TokenState, int], torch.Tensor]
@@ -106,11 +106,21 @@ def tower_state(holder: nn.Module, protect_first: bool = True, **text) -> TokenS
     ``causal``, ``propagate_cross``, see :class:`TokenState`). ``protect_first``:
     whether token 0 is a protected CLS/SOT token."""
     method = getattr(holder, METHOD_ATTR, "crossget")
+    bias = size_bias_enabled(holder)
     if not text:
-        return TokenState(method=method, protect_first=protect_first)
+        return TokenState(method=method, protect_first=protect_first, size_bias=bias)
     input_ids, pooled_idx = text.pop("input_ids"), text.pop("pooled_idx")
     with_slot = method == "crossget"
-    return TokenState.for_text(input_ids, pooled_idx, with_slot, method=method, protect_first=protect_first, **text)
+    return TokenState.for_text(
+        input_ids, pooled_idx, with_slot, method=method, protect_first=protect_first, size_bias=bias, **text
+    )
+
+
+def size_bias_enabled(holder: nn.Module) -> bool:
+    """Whether the tower ``holder`` belongs to biases attention by ``log(size)``
+    (``ReductionConfig.size_bias``); consumers of its merged tokens (a MAP head,
+    BLIP's cross-attention) follow the same switch."""
+    return getattr(holder, SIZE_BIAS_ATTR, True)
 
 
 def append_cross_slot(x: torch.Tensor, source_idx: torch.Tensor | None = None, mean: bool = False) -> torch.Tensor:

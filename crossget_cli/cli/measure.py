@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -62,6 +63,14 @@ def profile(
     method: Annotated[
         str, typer.Option("--method", help="crossget or tome (the ToMe baseline) for every swept run.")
     ] = "crossget",
+    size_bias: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--size-bias/--no-size-bias",
+            help="--no-size-bias: every swept run attends without the log(size) bias of merged tokens (no mask, "
+            "flash-eligible). Default: on, or as the compressed --model was exported.",
+        ),
+    ] = None,
     generation: Annotated[
         Optional[bool],
         typer.Option(
@@ -116,6 +125,7 @@ def profile(
             text_r=text_sweep,
             generation=generation,
             new_tokens=new_tokens,
+            size_bias=size_bias,
             progress=advance,
         )
     report, data = result.report, result.data
@@ -214,7 +224,23 @@ def eval_command(
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
     dtype: Annotated[str, typer.Option("--dtype", help="fp32, fp16 or bf16.")] = "fp32",
     limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate only the first N images (quick runs).")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the JSON report to this file.")] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output",
+            "-o",
+            help="Also write the JSON report to this file (--format clip-benchmark: a .json file for one model, "
+            "else a folder with one CLIP_benchmark file per model).",
+        ),
+    ] = None,
+    format_: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="table (crossget's table; --json for its report) or clip-benchmark (retrieval/zeroshot: CLIP_benchmark's "
+            "result JSON, one line per model on stdout).",
+        ),
+    ] = "table",
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Also print the breakdowns (VQA: accuracy per question type).")
     ] = False,
@@ -253,7 +279,21 @@ def eval_command(
         dtype=dtype,
         limit=limit,
     )
-    if output:  # found before the evaluation, not after it
+    if format_ not in ("table", "clip-benchmark"):
+        raise CrossGetError(f"unknown --format {format_!r}", "use table or clip-benchmark")
+    clip_benchmark = format_ == "clip-benchmark"
+    if clip_benchmark:
+        from crossget_cli.harness import clip_benchmark as harness
+
+        if json_out:
+            raise CrossGetError("--json and --format clip-benchmark both choose stdout's format", "pass one of them")
+        if predictions or task not in harness.TASKS:
+            raise CrossGetError(
+                "--format clip-benchmark writes model results of retrieval or zeroshot", "use -t retrieval or zeroshot"
+            )
+        if output:
+            harness.check_output(output, len(model))
+    elif output:  # found before the evaluation, not after it
         check_writable(output)
     if predictions:
         report = evaluate_predictions(predictions, config)
@@ -262,6 +302,12 @@ def eval_command(
             report = evaluate(model, config, pretrained=pretrained, progress=lambda what, done, total: advance(done, total, what))
     for note in report["notes"]:
         stderr.print(f"note: {note}")
+    if clip_benchmark:
+        documents = harness.clip_benchmark_results(report, pretrained)
+        if output:
+            harness.write_clip_benchmark(documents, output)
+        sys.stdout.write(harness.json_lines(documents))
+        return
     if output:
         write_text_atomic(output, json.dumps(report, indent=2) + "\n")
     if json_out:

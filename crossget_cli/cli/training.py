@@ -136,6 +136,14 @@ def compress(
     method: Annotated[
         Optional[str], typer.Option("--method", help="crossget (default, or the recipe's) or tome (the ToMe baseline).")
     ] = None,
+    size_bias: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--size-bias/--no-size-bias",
+            help="--no-size-bias: merged tokens attend without the log(size) bias (ToMe's prop_attn=False), so attention "
+            "takes no mask and SDPA may use its flash kernel (default: on, or the recipe's reduction.size_bias).",
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
     speed: Annotated[
         bool, typer.Option("--speed/--no-speed", help="Add a short batch-1 throughput/latency profile to report.json.")
@@ -222,6 +230,7 @@ def compress(
             vision_r=parse_r(vision_r, "--vision-r") if vision_r is not None else None,
             text_r=parse_r(text_r, "--text-r") if text_r is not None else None,
             method=method,
+            size_bias=size_bias,
             overwrite=overwrite,
             measure_speed=speed,
             finetune=finetune_config,

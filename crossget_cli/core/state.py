@@ -93,6 +93,14 @@ def _at(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index.view(-1, 1, 1).expand(-1, 1, x.shape[-1]))[:, 0]
 
 
+def _autocasting(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (torch < 2.4 has no per-device query)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
 def _aligned(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
     """An uninitialised tensor of ``shape`` whose last dimension is stored padded
     to a multiple of 8 elements (a view of the first ``shape[-1]``); ``None``
@@ -128,6 +136,9 @@ class TokenState:
         propagate_cross: for text, whether the cross slot carries its own
             previous output forward as vision does (a bidirectional tower whose
             tokens attend to it) instead of being recomputed from EOT (SPEC §3).
+        size_bias: whether attention adds ``log(size)`` (proportional attention,
+            SPEC §7). Off, sizes still weigh the merges, and attention gets no
+            mask unless the tower needs one anyway (causal text, padding).
     """
 
     sizes: torch.Tensor | None = None
@@ -141,6 +152,7 @@ class TokenState:
     padded: bool = False
     protect_first: bool = True
     propagate_cross: bool = False
+    size_bias: bool = True
 
     @classmethod
     def for_text(
@@ -189,6 +201,15 @@ class TokenState:
         self.cross_inputs.append(token)
         return torch.cat([x[:, :-1], token[:, None]], dim=1)
 
+    @property
+    def bias_sizes(self) -> torch.Tensor | None:
+        """The sizes attention is biased with: ``sizes``; with ``size_bias`` off
+        ``None``, or for a padded state its 0/1 indicator, so that padding (size
+        0) stays masked while real tokens weigh alike whatever their size."""
+        if self.size_bias or self.sizes is None:
+            return self.sizes
+        return (self.sizes > 0).to(self.sizes.dtype) if self.padded else None
+
     def attention_mask(self, x: torch.Tensor, explicit_causal: bool = False) -> torch.Tensor | None:
         """Additive mask broadcastable to ``[N, heads, T, T]``, or ``None``:
         ``log(size)`` of each key for proportional attention (SPEC §7), plus the
@@ -199,7 +220,7 @@ class TokenState:
         memory-efficient kernel takes it without padding a copy."""
         n, t = x.shape[0], x.shape[1]
         causal = None
-        if self.causal and (self.sizes is not None or explicit_causal):
+        if self.causal and (self.bias_sizes is not None or explicit_causal):
             causal = constants.causal_mask(t, x.device, x.dtype)
         parts = [p for p in (causal, self._log_sizes(x)) if p is not None]
         if not parts:
@@ -214,13 +235,14 @@ class TokenState:
         return out
 
     def _log_sizes(self, x: torch.Tensor) -> torch.Tensor | None:
-        if self.sizes is None:
+        sizes = self.bias_sizes
+        if sizes is None:
             return None
         shape = (x.shape[0], 1, 1, x.shape[1])
         out = _aligned(shape, x)
         if out is None:
-            return self.sizes.view(shape).log().to(x.dtype)
-        return torch.log(self.sizes.view(shape), out=out)
+            return sizes.view(shape).log().to(x.dtype)
+        return torch.log(sizes.view(shape), out=out)
 
     def clamped_r(self, r: int, num_tokens: int) -> int:
         """The r this state's next reduction step of ``num_tokens`` tokens uses."""
@@ -247,6 +269,11 @@ class TokenState:
         r = self.clamped_r(r, x.shape[1])
         if r == 0:
             return x
+        if _autocasting(x.device.type):
+            # Decisions are taken in float32 (see .matching); autocast would run the
+            # similarity products in half precision, and the merge with them.
+            with torch.autocast(x.device.type, enabled=False):
+                return self.reduce(x, keys, queries, r, num_heads, importance)
         timings = _TIMING.value
         if timings is None:
             with torch.profiler.record_function(REDUCE_LABEL):

@@ -217,6 +217,7 @@ def _report(config: EvalConfig, results: dict, data, notes: Sequence[str] = ()) 
         "deltas": {config.task: deltas},
         **({"breakdowns": {config.task: breakdowns}} if any(breakdowns.values()) else {}),
         "num_items": _num_items(data),
+        **({"num_classes": len(data[0].classnames)} if config.task == "zeroshot" else {}),
         "notes": list(notes),
     }
 
@@ -354,7 +355,7 @@ def _itm_reranker(io: ModelIO, adapter, data, config: EvalConfig, report):
 
 
 def _run_zeroshot(io: ModelIO, data, config: EvalConfig, report, notes: list[str]) -> dict[str, float]:
-    from crossget_cli.evaluation.zeroshot import class_embeddings, topk_accuracy
+    from crossget_cli.evaluation.zeroshot import class_embeddings, mean_per_class_recall, topk_accuracy
 
     dataset, templates = data
     learned = _learned_prompts(io, dataset.classnames)
@@ -367,7 +368,8 @@ def _run_zeroshot(io: ModelIO, data, config: EvalConfig, report, notes: list[str
         classes = class_embeddings(io, dataset.classnames, templates, config.batch_size)
     report(len(dataset.classnames), len(dataset.classnames), "class prompts")
     images = io.encode_images(_image_batches(io, dataset.image_dataset(io.transform), config, report, "images"))
-    return topk_accuracy(images @ classes.t(), torch.as_tensor(dataset.labels))
+    logits, labels = images @ classes.t(), torch.as_tensor(dataset.labels)
+    return {**topk_accuracy(logits, labels), "mean_per_class_recall": mean_per_class_recall(logits, labels)}
 
 
 def _learned_prompts(io: ModelIO, classnames: Sequence[str]):

@@ -32,6 +32,14 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] 
     return out
 
 
+def mean_per_class_recall(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 recall of each class present in ``labels``, averaged (percent): the
+    balanced accuracy CLIP_benchmark reports as ``mean_per_class_recall``."""
+    hits = (logits.argmax(dim=1) == labels).float()
+    classes = labels.unique()
+    return 100.0 * torch.stack([hits[labels == c].mean() for c in classes]).mean().item()
+
+
 def evaluate_coop(io: ModelIO, learner: PromptLearner, data, batch_size: int = 64, num_workers: int = 0) -> dict[str, float]:
     """Top-1 / top-5 accuracy (percent) of the learned prompts on classification ``data``."""
     from torch.utils.data import DataLoader

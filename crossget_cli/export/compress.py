@@ -56,6 +56,7 @@ def compress(
     vision_r=None,
     text_r=None,
     method: str | None = None,
+    size_bias: bool | None = None,
     overwrite: bool = False,
     measure_speed: bool = True,
     finetune: FinetuneConfig | None = None,
@@ -63,7 +64,7 @@ def compress(
 ) -> CompressResult:
     """Load ``source``, patch it with CrossGET and export it to ``output``.
 
-    ``vision_r``/``text_r`` override the recipe's reduction; ``source`` and
+    ``vision_r``/``text_r`` (and ``method``, ``size_bias``) override the recipe's reduction; ``source`` and
     ``pretrained`` override its model section. With ``measure_speed`` the report
     also holds a short ``crossget profile`` run (batch 1, original vs compressed).
     With ``finetune``, the patched model is fine-tuned with its objective first (ITC
@@ -84,10 +85,12 @@ def compress(
         recipe.reduction,
         **{k: v for k, v in {"vision_r": vision_r, "text_r": text_r, "method": method}.items() if v is not None},
     )
+    if size_bias is not None:  # None (not False) is the default's spelling: see ReductionSpec
+        reduction = replace(reduction, size_bias=None if size_bias else False)
     config = reduction.to_config()
 
     loaded = load_model(source, pretrained)
-    patch(loaded.model, vision_r=config.vision_r, text_r=config.text_r, method=config.method)
+    patch(loaded.model, vision_r=config.vision_r, text_r=config.text_r, method=config.method, size_bias=config.size_bias)
     if loaded.state_dict_extras:
         _load_cross_tokens(loaded)
     recipe = replace(
@@ -170,7 +173,14 @@ def build_report(model: nn.Module, measure_speed: bool = False, model_name: str 
     report = reduction_report(model)
     if measure_speed:
         config = reduction_config(model)
-        sweep = ProfileConfig(vision_r=[config.vision_r], text_r=[config.text_r], batch_sizes=[1], warmup=1, repeats=3)
+        sweep = ProfileConfig(
+            vision_r=[config.vision_r],
+            text_r=[config.text_r],
+            batch_sizes=[1],
+            warmup=1,
+            repeats=3,
+            size_bias=config.size_bias,
+        )
         report["profile"] = profile_model(model, sweep, model_name=model_name).to_dict()
     return report
 
@@ -205,7 +215,10 @@ def export(
         provenance["effective_r"] = {m: [a - b for a, b in zip(c, c[1:])] for m, c in tokens.items()}
         exported = replace(recipe, model=model_spec, provenance=provenance)
         config = reduction_config(model)
-        exported = replace(exported, reduction=ReductionSpec(config.method, plain_r(config.vision_r), plain_r(config.text_r)))
+        reduction = ReductionSpec(
+            config.method, plain_r(config.vision_r), plain_r(config.text_r), size_bias=None if config.size_bias else False
+        )
+        exported = replace(exported, reduction=reduction)
         from crossget_cli.recipes import save_recipe
 
         save_recipe(exported, tmp / RECIPE_FILE)

@@ -58,7 +58,7 @@ def load_exported(path: str | Path) -> LoadedModel:
     if spec.dtype:
         model = model.to(parse_dtype(spec.dtype))
     config = recipe.reduction.to_config()
-    patch(model, vision_r=config.vision_r, text_r=config.text_r, method=config.method)
+    patch(model, vision_r=config.vision_r, text_r=config.text_r, method=config.method, size_bias=config.size_bias)
     try:
         load_weights(model, str(weights), strict=True)
     except (SafetensorError, RuntimeError, OSError) as err:

@@ -150,6 +150,7 @@ def profile_generation(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     method: str = "crossget",
+    size_bias: bool = True,
 ) -> list[GenerationTiming]:
     """``crossget profile`` for a generative model: the original (``model``
     unpatched) and each ``(vision_r, text_r)`` setting, through the adapter's
@@ -168,7 +169,7 @@ def profile_generation(
     images = adapter.inputs(model).example_images(batch).to(device=device, dtype=dtype)
     calls = {}
     for vision_r, text_r in settings:
-        patched = patch(share_weights_copy(base), vision_r=vision_r, text_r=text_r, method=method).eval()
+        patched = patch(share_weights_copy(base), vision_r=vision_r, text_r=text_r, method=method, size_bias=size_bias).eval()
         calls[run_label(vision_r, text_r, method)] = adapter.generation_calls(patched, images)
     original = {"original": adapter.generation_calls(unpatch(base).eval(), images)}
     return time_generation({**original, **calls}, batch, new_tokens, warmup, repeats, device)

@@ -106,6 +106,7 @@ class ProfileReport:
     matching_method: str
     runs: list[RunResult]
     cuda_graphs: bool = False
+    size_bias: bool = True  # the log(size) attention bias of the compressed runs
     torch_version: str = torch.__version__
     schema_version: int = SCHEMA_VERSION
 
@@ -122,6 +123,7 @@ class ProfileReport:
             "threads": self.threads,
             "compile": self.compile,
             "cuda_graphs": self.cuda_graphs,
+            "size_bias": self.size_bias,
             "batch_sizes": list(self.batch_sizes),
             "towers": list(self.towers),
             "warmup": self.warmup,

@@ -138,6 +138,8 @@ class ProfileConfig:
         repeats: timed forwards per setting, tower and batch size.
         towers: ``"both"``, ``"image"`` or ``"text"``.
         method: ``"crossget"`` or ``"tome"`` for every swept run.
+        size_bias: the ``log(size)`` attention bias of every swept run
+            (``ReductionConfig.size_bias``); off, attention runs unmasked.
     """
 
     vision_r: Sequence = (16,)
@@ -152,6 +154,7 @@ class ProfileConfig:
     towers: str = "both"
     method: str = "crossget"
     cuda_graphs: bool = False
+    size_bias: bool = True
 
     def __post_init__(self):
         setattr_ = functools.partial(object.__setattr__, self)
@@ -188,6 +191,7 @@ class ProfileConfig:
             raise CrossGetError(f"unknown towers {self.towers!r}", f"choose one of: {', '.join(TOWER_CHOICES)}")
         setattr_("compile", bool(self.compile))
         setattr_("cuda_graphs", bool(self.cuda_graphs))
+        setattr_("size_bias", bool(self.size_bias))
         if self.cuda_graphs:
             check_cuda_graphs(self.device, self.compile)
 
@@ -213,6 +217,7 @@ class ProfileConfig:
             "repeats": self.repeats,
             "towers": self.towers,
             "method": self.method,
+            "size_bias": self.size_bias,
         }
 
 
@@ -283,7 +288,7 @@ def profile_model(
     variants = []
     for vision_r, text_r in config.settings():
         copy_ = share_weights_copy(base)
-        patched = patch(copy_, vision_r=vision_r, text_r=text_r, method=config.method).eval()
+        patched = patch(copy_, vision_r=vision_r, text_r=text_r, method=config.method, size_bias=config.size_bias).eval()
         variants.append(_Variant(vision_r, text_r, config.method, patched))
     variants.insert(0, _Variant(0, 0, "none", unpatch(base).eval()))
 
@@ -405,6 +410,7 @@ def profile_model(
         matching_method=matching_method,
         runs=results,
         cuda_graphs=config.cuda_graphs,
+        size_bias=config.size_bias,
     )
 
 

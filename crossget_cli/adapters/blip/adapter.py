@@ -38,6 +38,7 @@ from crossget_cli.adapters.blip.modules import (
     ImageSizesScope,
     ReducingTextEncoder,
     ReducingVisionTower,
+    consumer_sizes,
     consumer_swaps,
     image_attention_bias,
 )
@@ -215,9 +216,9 @@ class BlipAdapter(Adapter):
 
     def image_tokens(self, model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The (reduced) image tokens ``[N, T, D]`` and their sizes ``[N, T]``
-        (``None``: all 1), for ITM re-ranking."""
+        (``None``: all 1, or the size bias off), for ITM re-ranking."""
         out = model.vision_model(pixel_values=images)
-        return out.last_hidden_state, getattr(out, "token_sizes", None)
+        return out.last_hidden_state, consumer_sizes(model.vision_model, getattr(out, "token_sizes", None))
 
     def itm_scores(
         self, model: nn.Module, image_embeds: torch.Tensor, sizes: torch.Tensor | None, token_ids: torch.Tensor

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossget_cli.adapters.tower import merge_heads, run_tower, split_heads, tower_state, uses_reduced_path
+from crossget_cli.adapters.tower import merge_heads, run_tower, size_bias_enabled, split_heads, tower_state, uses_reduced_path
 from crossget_cli.core import TokenState
 from crossget_cli.core.state import Slot
 from crossget_cli.errors import CrossGetError
@@ -100,11 +100,17 @@ class ReducingVisionTower:
         if state.sizes is not None:
             sizes = state.sizes[:, : x.shape[1], 0]  # the cross slot is last, and dropped
         scope = _IMAGE_SIZES.value
-        if scope is not None:
-            scope["sizes"] = sizes
+        if scope is not None:  # the consumers' cross-attention bias: none with the size bias off
+            scope["sizes"] = sizes if state.size_bias else None
         x = self.post_layernorm(x)
         # transformers applies post_layernorm to the pooled token a second time.
         return _vision_output_class()(last_hidden_state=x, pooler_output=self.post_layernorm(x[:, 0]), token_sizes=sizes)
+
+
+def consumer_sizes(vision_model: nn.Module, sizes: torch.Tensor | None) -> torch.Tensor | None:
+    """The image token ``sizes`` a consumer biases its cross-attention with:
+    ``None`` (no bias) when the reducing vision tower has the size bias off."""
+    return sizes if size_bias_enabled(vision_model.encoder) else None
 
 
 def image_attention_bias(sizes: torch.Tensor, batch: int, dtype: torch.dtype, mask: torch.Tensor | None = None) -> torch.Tensor:

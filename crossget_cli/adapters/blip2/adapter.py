@@ -19,7 +19,13 @@ from crossget_cli.errors import CrossGetError
 from crossget_cli.adapters.base import Adapter, ModelInputs, Tower
 from crossget_cli.adapters.generation import decode, generation_kwargs
 from crossget_cli.adapters.registry import register_adapter
-from crossget_cli.adapters.blip.modules import ImageConsumer, ImageSizesScope, ReducingVisionTower, image_attention_bias
+from crossget_cli.adapters.blip.modules import (
+    ImageConsumer,
+    ImageSizesScope,
+    ReducingVisionTower,
+    consumer_sizes,
+    image_attention_bias,
+)
 from crossget_cli.adapters.blip.adapter import (
     is_blip_vision_tower,
     special_id,
@@ -110,9 +116,10 @@ class Blip2Adapter(Adapter):
         return model.text_projection(out.last_hidden_state[:, 0])
 
     def image_tokens(self, model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The (reduced) ViT tokens ``[N, T, D]`` and their sizes ``[N, T]``."""
+        """The (reduced) ViT tokens ``[N, T, D]`` and their sizes ``[N, T]`` for
+        the Q-Former's cross-attention bias (``None``: all 1, or the size bias off)."""
         out = model.vision_model(pixel_values=images)
-        return out.last_hidden_state, getattr(out, "token_sizes", None)
+        return out.last_hidden_state, consumer_sizes(model.vision_model, getattr(out, "token_sizes", None))
 
     @staticmethod
     def _image_mask(model: nn.Module, tokens: torch.Tensor, sizes: torch.Tensor | None) -> torch.Tensor:

@@ -72,7 +72,7 @@ class ReducingSiglipVision:
         state = tower_state(encoder, protect_first=False)
         x = run_tower(x, encoder, "cross_image", encoder.layers, block_forward, state)
         x = self.post_layernorm(x)
-        sizes = None if state.sizes is None else state.sizes[:, : x.shape[1]]
+        sizes = None if state.bias_sizes is None else state.bias_sizes[:, : x.shape[1]]  # the MAP head's bias
         return _output(x, map_head(self.head, x, sizes) if self.use_head else None)
 
 

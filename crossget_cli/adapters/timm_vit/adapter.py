@@ -151,7 +151,7 @@ def _reduced_features(trunk: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, 
         state,
         checkpoint_blocks=getattr(trunk, "grad_checkpointing", False),
     )
-    sizes = state.sizes
+    sizes = state.bias_sizes  # the MAP head's bias: none with the size bias off
     return trunk.norm(x), None if sizes is None else sizes[:, : x.shape[1]]
 
 
