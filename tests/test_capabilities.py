@@ -73,3 +73,21 @@ def test_a_declared_capability_is_implemented(adapter_name, model_name):
     for method, needed in needs.items():
         if needed:
             assert getattr(adapter, method) is not getattr(Adapter, method), f"{adapter.__name__} declares but lacks {method}"
+
+
+#: The tiny models prompt learning (CoOp) takes: dual encoders whose text tower embeds tokens.
+PROMPT_LEARNERS = {"openclip-CLIP", "CLIPModel", "CLIPModel-eager", "CLIPTextModel", "CLIPTextModelWithProjection"}
+PROMPT_LEARNERS |= {"openclip-SigLIP", "SiglipModel", "SiglipModel-eager", "SiglipTextModel"}
+
+
+@pytest.mark.parametrize("adapter_name,model_name", CASES)
+def test_the_adapter_says_whether_prompts_can_be_learned(adapter_name, model_name):
+    from torch import nn
+
+    model = build(adapter_name, model_name)
+    adapter = find_adapter(model)
+    if model_name in PROMPT_LEARNERS:
+        assert isinstance(adapter.token_embedding(model), nn.Embedding)
+    else:
+        with pytest.raises(CrossGetError, match="takes no learned prompts"):
+            adapter.token_embedding(model)

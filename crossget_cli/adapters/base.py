@@ -275,6 +275,14 @@ class Adapter:
         decoding would produce exactly that continuation (when :meth:`scores_continuations`)."""
         raise NotImplementedError(f"{type(model).__name__} ({self.description}) does not score continuations")
 
+    def token_embedding(self, model: nn.Module) -> nn.Embedding:
+        """The text tower's token lookup, which prompt learning (CoOp) replaces with its
+        own embeddings (``encode_text(..., token_embeddings=...)``)."""
+        raise CrossGetError(
+            f"{type(model).__name__} ({self.description}) takes no learned prompts",
+            "prompt learning needs a dual encoder whose text tower embeds tokens, e.g. CLIP",
+        )
+
     def cross_norm_and_projection(self, model: nn.Module, modality: str) -> tuple[nn.LayerNorm, torch.Tensor]:
         """The LayerNorm and the ``[D, E]`` projection that map a tower's cross
         tokens into the shared embedding space for L_JS (SPEC §4: ``ln_pre`` and

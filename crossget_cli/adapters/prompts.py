@@ -30,31 +30,10 @@ PROMPTS_META = "coop_prompts.json"
 PROMPTS_FORMAT = "crossget-coop-prompts"
 PLACEHOLDER = "X"
 
-# Where the token-embedding table lives: open_clip CLIP, open_clip CustomTextCLIP,
-# transformers CLIPModel / CLIPTextModel(WithProjection), a bare CLIPTextTransformer.
-_EMBEDDING_PATHS = (
-    "token_embedding",
-    "text.token_embedding",
-    "text_model.embeddings.token_embedding",
-    "embeddings.token_embedding",
-)
-
 
 def token_embedding(model: nn.Module) -> nn.Embedding:
-    """The text tower's token-embedding table of ``model``."""
-    for path in _EMBEDDING_PATHS:
-        module: object = model
-        for part in path.split("."):
-            module = getattr(module, part, None)
-            if module is None:
-                break
-        if isinstance(module, nn.Embedding):
-            return module
-    raise CrossGetError(
-        f"cannot find the token embedding of {type(model).__name__}",
-        "CoOp needs a CLIP text tower: an open_clip CLIP/CustomTextCLIP with CLIP's tokenizer, "
-        "or a transformers CLIPModel/CLIPTextModel",
-    )
+    """The text tower's token-embedding table of ``model`` (its adapter's)."""
+    return find_adapter(model).token_embedding(model)
 
 
 def _eot_positions(ids: torch.Tensor) -> torch.Tensor:

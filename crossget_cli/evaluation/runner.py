@@ -355,7 +355,7 @@ def _itm_reranker(io: ModelIO, adapter, data, config: EvalConfig, report):
 
 
 def _run_zeroshot(io: ModelIO, data, config: EvalConfig, report, notes: list[str]) -> dict[str, float]:
-    from crossget_cli.evaluation.zeroshot import class_embeddings, mean_per_class_recall, topk_accuracy
+    from crossget_cli.evaluation.zeroshot import class_embeddings, classification_scores
 
     dataset, templates = data
     learned = _learned_prompts(io, dataset.classnames)
@@ -368,8 +368,7 @@ def _run_zeroshot(io: ModelIO, data, config: EvalConfig, report, notes: list[str
         classes = class_embeddings(io, dataset.classnames, templates, config.batch_size)
     report(len(dataset.classnames), len(dataset.classnames), "class prompts")
     images = io.encode_images(_image_batches(io, dataset.image_dataset(io.transform), config, report, "images"))
-    logits, labels = images @ classes.t(), torch.as_tensor(dataset.labels)
-    return {**topk_accuracy(logits, labels), "mean_per_class_recall": mean_per_class_recall(logits, labels)}
+    return classification_scores(images @ classes.t(), torch.as_tensor(dataset.labels))
 
 
 def _learned_prompts(io: ModelIO, classnames: Sequence[str]):

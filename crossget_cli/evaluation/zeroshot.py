@@ -40,8 +40,14 @@ def mean_per_class_recall(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * torch.stack([hits[labels == c].mean() for c in classes]).mean().item()
 
 
+def classification_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """What ``crossget eval --task zeroshot`` reports (percent): ``top1``, ``top5`` and
+    ``mean_per_class_recall``."""
+    return {**topk_accuracy(logits, labels), "mean_per_class_recall": mean_per_class_recall(logits, labels)}
+
+
 def evaluate_coop(io: ModelIO, learner: PromptLearner, data, batch_size: int = 64, num_workers: int = 0) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (percent) of the learned prompts on classification ``data``."""
+    """:func:`classification_scores` of the learned prompts on classification ``data``."""
     from torch.utils.data import DataLoader
 
     if list(data.classnames) != learner.classnames:
@@ -57,4 +63,4 @@ def evaluate_coop(io: ModelIO, learner: PromptLearner, data, batch_size: int = 6
         images = io.encode_images(batch for _, batch in loader)
     finally:
         io.model.train(was_training)
-    return topk_accuracy(images @ classes.t(), torch.as_tensor(data.labels))
+    return classification_scores(images @ classes.t(), torch.as_tensor(data.labels))

@@ -259,6 +259,12 @@ class HFClipAdapter(Adapter):
             out = model(input_ids=token_ids, **extra)
         return _features(out, "text_embeds")
 
+    def token_embedding(self, model: nn.Module) -> nn.Embedding:
+        text = dict(_find_towers(model)).get("text")
+        if text is None:
+            return super().token_embedding(model)  # a lone vision tower
+        return text.embeddings.token_embedding
+
     def cross_norm_and_projection(self, model: nn.Module, modality: str) -> tuple[nn.LayerNorm, torch.Tensor]:
         tower = dict((m, module) for m, module in _find_towers(model))[modality]
         name = "visual_projection" if modality == "vision" else "text_projection"

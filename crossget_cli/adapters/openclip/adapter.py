@@ -230,6 +230,10 @@ class OpenClipAdapter(Adapter):
             return model.encode_text(token_ids, token_embeddings=token_embeddings)
         return model.text(token_ids, token_embeddings=token_embeddings)
 
+    def token_embedding(self, model: nn.Module) -> nn.Embedding:
+        owner = _text_owner(model)
+        return owner.token_embedding if owner is not None else super().token_embedding(model)
+
     def cross_norm_and_projection(self, model: nn.Module, modality: str) -> tuple[nn.LayerNorm, torch.Tensor]:
         if modality == "vision":
             return model.visual.ln_pre, model.visual.proj

@@ -233,6 +233,9 @@ class OpenClipSiglipAdapter(Adapter):
             raise CrossGetError("token_embeddings need a patched model", "call crossget_cli.patch(model, ...) first")
         return model.text(token_ids, token_embeddings=token_embeddings)
 
+    def token_embedding(self, model: nn.Module) -> nn.Embedding:
+        return model.text.token_embedding
+
     def cross_norm_and_projection(self, model: nn.Module, modality: str) -> tuple[nn.LayerNorm, torch.Tensor]:
         if modality == "vision":
             raise CrossGetError("SigLIP's image embedding is a MAP head, not a linear projection", "use project_cross")

@@ -233,6 +233,12 @@ class HFSiglipAdapter(Adapter):
         extra = {} if token_embeddings is None else {"inputs_embeds": token_embeddings}
         return self._tower(model, "text")(input_ids=token_ids, **extra).pooler_output
 
+    def token_embedding(self, model: nn.Module) -> nn.Embedding:
+        text = dict(find_towers(model)).get("text")
+        if text is None:
+            return super().token_embedding(model)  # a lone vision tower
+        return text.embeddings.token_embedding
+
     def cross_norm_and_projection(self, model: nn.Module, modality: str) -> tuple[nn.LayerNorm, torch.Tensor]:
         if modality == "vision":
             raise CrossGetError("SigLIP's image embedding is a MAP head, not a linear projection", "use project_cross")
