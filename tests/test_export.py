@@ -183,3 +183,12 @@ def test_open_clip_architecture_with_weights_file(tmp_path):
     assert not torch.equal(random.model.visual.conv1.weight, original.visual.conv1.weight)
     with pytest.raises(CrossGetError, match="weights file not found"):
         load_model("crossget-test-tiny", pretrained=str(tmp_path / "missing.pt"))
+
+
+def test_the_speed_report_measures_the_method_the_model_was_patched_with():
+    from crossget_cli.export.compress import build_report
+
+    for method in ("crossget", "tome"):
+        model = crossget_cli.patch(openclip_tiny(), vision_r=2, method=method)
+        runs = build_report(model, measure_speed=True)["profile"]["runs"]
+        assert [run["method"] for run in runs] == ["none", method]

@@ -179,6 +179,7 @@ def build_report(model: nn.Module, measure_speed: bool = False, model_name: str 
             batch_sizes=[1],
             warmup=1,
             repeats=3,
+            method=config.method,
             size_bias=config.size_bias,
         )
         report["profile"] = profile_model(model, sweep, model_name=model_name).to_dict()
