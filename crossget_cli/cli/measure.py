@@ -258,7 +258,10 @@ def eval_command(
         raise CrossGetError(
             "pass either --model or --predictions", "models are run on --data; prediction files are scored against it"
         )
-    config = EvalConfig(
+    from crossget_cli.recipes import load_recipe
+
+    config = EvalConfig.from_recipe(
+        load_recipe(recipe) if recipe else None,
         task=task,
         data=data,
         image_root=image_root,
@@ -270,9 +273,11 @@ def eval_command(
         templates=templates,
         annotations=annotations,
         vqa_variant=vqa_variant,
-        **_generation_settings(
-            recipe, itm_k=itm_k, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, num_beams=num_beams, prompt=prompt
-        ),
+        itm_k=itm_k,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        num_beams=num_beams,
+        prompt=prompt,
         batch_size=batch_size,
         num_workers=num_workers,
         device=device,
@@ -316,12 +321,3 @@ def eval_command(
         stdout.print(eval_table(report))
         for table in breakdown_tables(report) if verbose else ():
             stdout.print(table)
-
-
-def _generation_settings(recipe: Optional[str], **flags) -> dict:
-    """Generation/re-ranking settings: flags over the recipe's eval section over the defaults."""
-    from crossget_cli.recipes import load_recipe
-
-    spec = load_recipe(recipe).eval if recipe else None
-    from_recipe = {k: getattr(spec, k) for k in flags if spec is not None and getattr(spec, k) is not None}
-    return {**from_recipe, **{k: v for k, v in flags.items() if v is not None}}

@@ -303,11 +303,9 @@ def train(
 
 
 def finetune_config_from(recipe, flags: dict):
-    """Flags over the recipe's ``finetune`` section over the objective's defaults over
-    the loop's. ``flags`` are FinetuneConfig fields (None: not given); ``options``
-    given as flags are merged into the recipe's (the ones of its objective)."""
-    from crossget_cli.adapters.training import FinetuneConfig
-    from crossget_cli.train.loop import recipe_settings
+    """The run's FinetuneConfig (:func:`crossget_cli.train.loop.finetune_config`), once the
+    flags name training data."""
+    from crossget_cli.train.loop import finetune_config
 
     spec = recipe.finetune if recipe is not None else None
     objective = flags.get("objective") or (spec.objective if spec is not None else "clip")
@@ -317,7 +315,4 @@ def finetune_config_from(recipe, flags: dict):
             f"pass the training data of --objective {objective} (clip: image-caption data, e.g. Karpathy/BLIP JSON, "
             "CSV/JSONL, HF datasets; coop: classification data)",
         )
-    from_recipe = recipe_settings(spec, objective)
-    options = {**from_recipe.pop("options", {}), **(flags.get("options") or {})}
-    given = {k: v for k, v in flags.items() if v is not None and k != "options"}
-    return FinetuneConfig(**{**from_recipe, **given, "objective": objective, "options": options})
+    return finetune_config(recipe, **flags)

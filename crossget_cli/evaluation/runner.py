@@ -14,7 +14,7 @@ text a model generates through its adapter (which says what a model can do:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -27,9 +27,15 @@ from crossget_cli.loading.formats import DTYPES
 from crossget_cli.loading.models import load_model
 from crossget_cli.loading.preprocessing import model_io
 
+if TYPE_CHECKING:
+    from crossget_cli.recipes import Recipe
+
 SCHEMA_VERSION = 1
 TASKS = ("retrieval", "zeroshot", "captioning", "vqa", "multiple-choice")
 Progress = Callable[[str, int, int], None]
+#: The ``eval`` settings a recipe gives defaults for (its task, data and split name what
+#: the paper evaluated, not this run's).
+RECIPE_SETTINGS = ("itm_k", "max_new_tokens", "min_new_tokens", "num_beams", "prompt")
 
 
 @dataclass(frozen=True)
@@ -47,16 +53,24 @@ class EvalConfig:
     templates: str = "openai-imagenet"  # zeroshot prompts: a built-in name or a file
     annotations: str | None = None  # VQAv2 annotation JSON (vqa)
     vqa_variant: str = "official"  # official (current vqaEval.py) or legacy (2016 code, as BLIP/LAVIS)
-    itm_k: int = 128  # retrieval with an ITM head (BLIP): re-rank the ITC top k (0: ITC only)
+    itm_k: int = 128  # retrieval with an ITM head: re-rank the ITC top k (0: ITC only)
     max_new_tokens: int = 20  # captioning/vqa/multiple-choice generation settings
     min_new_tokens: int | None = None
-    num_beams: int | None = None  # None: the model family's default (BLIP 3, LLaVA 1)
+    num_beams: int | None = None  # None: the model family's default (Adapter.generation_defaults)
     prompt: str | None = None  # caption prefix, or a VQA template with {question}
     batch_size: int = 64
     num_workers: int = 0
     device: str = "cpu"
     dtype: str = "fp32"
     limit: int | None = None
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe | None = None, **fields: Any) -> EvalConfig:
+        """Fields over the recipe's ``eval`` section (its generation and re-ranking
+        settings) over the defaults; a field given as ``None`` is not given."""
+        spec = recipe.eval if recipe is not None else None
+        from_recipe = {n: getattr(spec, n) for n in RECIPE_SETTINGS if spec is not None and getattr(spec, n) is not None}
+        return cls(**{**from_recipe, **{k: v for k, v in fields.items() if v is not None}})
 
     def __post_init__(self):
         if self.task not in TASKS:

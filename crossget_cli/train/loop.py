@@ -39,7 +39,7 @@ from crossget_cli.files import write_atomic
 from crossget_cli.loading.formats import unreadable_reason
 
 if TYPE_CHECKING:
-    from crossget_cli.recipes import FinetuneSpec
+    from crossget_cli.recipes import FinetuneSpec, Recipe
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "train_log.jsonl"
@@ -70,6 +70,19 @@ def recipe_settings(spec: FinetuneSpec | None, objective: str | None = None) -> 
     if spec.options and objective in (None, spec.objective):
         settings["options"] = dict(spec.options)
     return settings
+
+
+def finetune_config(recipe: Recipe | None = None, **flags: Any) -> FinetuneConfig:
+    """A FinetuneConfig from flags over the recipe's ``finetune`` section over the
+    objective's defaults over the loop's. ``flags`` are FinetuneConfig fields (``None``:
+    not given); ``options`` given as flags are merged into the recipe's (the ones of
+    its objective)."""
+    spec = recipe.finetune if recipe is not None else None
+    objective = flags.get("objective") or (spec.objective if spec is not None else "clip")
+    from_recipe = recipe_settings(spec, objective)
+    options = {**from_recipe.pop("options", {}), **(flags.get("options") or {})}
+    given = {k: v for k, v in flags.items() if v is not None and k != "options"}
+    return FinetuneConfig(**{**from_recipe, **given, "objective": objective, "options": options})
 
 
 def recipe_spec(base: FinetuneSpec, config: FinetuneConfig) -> FinetuneSpec:
