@@ -208,13 +208,26 @@ def prepare_inputs(model: nn.Module, tokenizer, prompts: Sequence[str], pixel_va
     (the count the patched model produces) and the batch is padded on the left,
     for generation."""
     placeholder = image_token(model, tokenizer)
-    count = num_image_tokens(model)
+    counts = [num_image_tokens(model)] * len(prompts)
+    example = "e.g. 'USER: <image>\\n{question} ASSISTANT:'"
+    return {
+        **tokenize_with_images(tokenizer, prompts, placeholder, counts, pixel_values.device, example),
+        "pixel_values": pixel_values,
+    }
+
+
+def tokenize_with_images(
+    tokenizer, prompts: Sequence[str], placeholder: str, counts: Sequence[int], device, example: str = ""
+) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` of ``prompts``, each holding one image
+    ``placeholder`` that is expanded to its image's count of tokens, padded on the left
+    (for generation). ``example`` ends the hint of a prompt without one placeholder."""
     texts = []
-    for prompt in prompts:
+    for prompt, count in zip(prompts, counts):
         if prompt.count(placeholder) != 1:
             raise CrossGetError(
                 f"a prompt holds {prompt.count(placeholder)} image placeholders {placeholder!r}, not 1",
-                "put the placeholder once in the prompt template, e.g. 'USER: <image>\\n{question} ASSISTANT:'",
+                "put the placeholder once in the prompt template" + (f", {example}" if example else ""),
             )
         texts.append(prompt.replace(placeholder, placeholder * count))
     side = tokenizer.padding_side
@@ -223,12 +236,7 @@ def prepare_inputs(model: nn.Module, tokenizer, prompts: Sequence[str], pixel_va
         encoded = tokenizer(texts, padding=True, return_tensors="pt")
     finally:
         tokenizer.padding_side = side
-    device = pixel_values.device
-    return {
-        "input_ids": encoded["input_ids"].to(device),
-        "attention_mask": encoded["attention_mask"].to(device),
-        "pixel_values": pixel_values,
-    }
+    return {"input_ids": encoded["input_ids"].to(device), "attention_mask": encoded["attention_mask"].to(device)}
 
 
 # --------------------------------------------------------------------------- adapter

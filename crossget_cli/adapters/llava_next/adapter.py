@@ -33,6 +33,7 @@ from crossget_cli.adapters.llava.adapter import (
     decoder_layers,
     feature_layer,
     image_token,
+    tokenize_with_images,
 )
 from crossget_cli.adapters.llava_next.modules import (
     AnyresPacking,
@@ -136,27 +137,8 @@ def prepare_inputs(
     counts = num_image_tokens(model, image_sizes)
     if len(prompts) != len(counts):
         raise CrossGetError(f"{len(prompts)} prompts for {len(counts)} images", "give one image per prompt")
-    texts = []
-    for prompt, count in zip(prompts, counts):
-        if prompt.count(placeholder) != 1:
-            raise CrossGetError(
-                f"a prompt holds {prompt.count(placeholder)} image placeholders {placeholder!r}, not 1",
-                "put the placeholder once in the prompt template",
-            )
-        texts.append(prompt.replace(placeholder, placeholder * count))
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        encoded = tokenizer(texts, padding=True, return_tensors="pt")
-    finally:
-        tokenizer.padding_side = side
-    device = pixel_values.device
-    return {
-        "input_ids": encoded["input_ids"].to(device),
-        "attention_mask": encoded["attention_mask"].to(device),
-        "pixel_values": pixel_values,
-        "image_sizes": image_sizes,
-    }
+    encoded = tokenize_with_images(tokenizer, prompts, placeholder, counts, pixel_values.device)
+    return {**encoded, "pixel_values": pixel_values, "image_sizes": image_sizes}
 
 
 def example_prompts(model: nn.Module, image_sizes, text_tokens: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
