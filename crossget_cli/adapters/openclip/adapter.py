@@ -156,6 +156,24 @@ class _ReducingTextTransformer:
         return _encode_text_reduced(self, text, token_embeddings)
 
 
+def image_size(model: nn.Module) -> int:
+    """The side of the square images an open_clip model takes."""
+    size = model.visual.image_size
+    return size[0] if isinstance(size, (tuple, list)) else size
+
+
+def encode_openclip_text(model: nn.Module, token_ids: torch.Tensor, token_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+    """Text features of an open_clip CLIP or CustomTextCLIP; ``token_embeddings`` (prompt
+    learning) replace the lookup, which only a patched text tower takes."""
+    if token_embeddings is None:
+        return model.encode_text(token_ids)
+    if CONFIG_ATTR not in model.__dict__:
+        raise CrossGetError("token_embeddings need a patched model", "call crossget_cli.patch(model, ...) first")
+    if hasattr(model, "token_embedding"):
+        return model.encode_text(token_ids, token_embeddings=token_embeddings)
+    return model.text(token_ids, token_embeddings=token_embeddings)
+
+
 def _text_owner(model: nn.Module) -> nn.Module | None:
     owner = getattr(model, "text", None) if not hasattr(model, "token_embedding") else model
     if owner is None or not hasattr(owner, "token_embedding") or not hasattr(owner, "transformer"):
@@ -212,9 +230,7 @@ class OpenClipAdapter(Adapter):
         owner = _text_owner(model)
         vocab = owner.vocab_size
         # open_clip's BPE tokenizer puts SOT/EOT at the end of its vocabulary.
-        image_size = model.visual.image_size
-        image_size = image_size[0] if isinstance(image_size, (tuple, list)) else image_size
-        return ModelInputs(image_size, owner.context_length, vocab, vocab - 2, vocab - 1)
+        return ModelInputs(image_size(model), owner.context_length, vocab, vocab - 2, vocab - 1)
 
     def encode_image(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         return model.encode_image(images)
@@ -222,13 +238,7 @@ class OpenClipAdapter(Adapter):
     def encode_text(
         self, model: nn.Module, token_ids: torch.Tensor, token_embeddings: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if token_embeddings is None:
-            return model.encode_text(token_ids)
-        if CONFIG_ATTR not in model.__dict__:
-            raise CrossGetError("token_embeddings need a patched model", "call crossget_cli.patch(model, ...) first")
-        if hasattr(model, "token_embedding"):
-            return model.encode_text(token_ids, token_embeddings=token_embeddings)
-        return model.text(token_ids, token_embeddings=token_embeddings)
+        return encode_openclip_text(model, token_ids, token_embeddings)
 
     def token_embedding(self, model: nn.Module) -> nn.Embedding:
         owner = _text_owner(model)

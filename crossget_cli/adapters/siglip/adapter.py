@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossget_cli.adapters.base import CONFIG_ATTR, Adapter, ModelInputs, Tower
+from crossget_cli.adapters.base import Adapter, ModelInputs, Tower
+from crossget_cli.adapters.openclip.adapter import encode_openclip_text, image_size
 from crossget_cli.adapters.registry import register_adapter
 from crossget_cli.adapters.timm_vit.adapter import ReducingViT, is_vit, vit_tower
 from crossget_cli.adapters.tower import merge_heads, run_tower, split_heads, tower_state, uses_reduced_path
@@ -217,9 +218,7 @@ class OpenClipSiglipAdapter(Adapter):
 
     def inputs(self, model: nn.Module) -> ModelInputs:
         text = model.text
-        size = model.visual.image_size
-        size = size[0] if isinstance(size, (tuple, list)) else size
-        return ModelInputs(size, text.context_length, text.vocab_size, text.vocab_size - 2, text.vocab_size - 1)
+        return ModelInputs(image_size(model), text.context_length, text.vocab_size, text.vocab_size - 2, text.vocab_size - 1)
 
     def encode_image(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         return model.encode_image(images)
@@ -227,11 +226,7 @@ class OpenClipSiglipAdapter(Adapter):
     def encode_text(
         self, model: nn.Module, token_ids: torch.Tensor, token_embeddings: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if token_embeddings is None:
-            return model.encode_text(token_ids)
-        if CONFIG_ATTR not in model.__dict__:
-            raise CrossGetError("token_embeddings need a patched model", "call crossget_cli.patch(model, ...) first")
-        return model.text(token_ids, token_embeddings=token_embeddings)
+        return encode_openclip_text(model, token_ids, token_embeddings)
 
     def token_embedding(self, model: nn.Module) -> nn.Embedding:
         return model.text.token_embedding
