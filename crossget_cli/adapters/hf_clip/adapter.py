@@ -90,6 +90,22 @@ def wanted_hidden(output_hidden_states, depth: int) -> set[int]:
     return {i if i >= 0 else depth + 1 + i for i in layers}
 
 
+def hidden_state_recorder(output_hidden_states, depth: int) -> tuple[list | None, Callable | None]:
+    """What a reducing tower needs to return ``hidden_states``: the list the record hook
+    fills (``None`` entries where not asked for) and that hook for ``run_tower``; both
+    ``None`` when no hidden state is asked for."""
+    wanted = wanted_hidden(output_hidden_states, depth)
+    if not wanted:
+        return None, None
+    hidden: list[torch.Tensor | None] = [None] * (depth + 1)
+
+    def keep(index: int, h: torch.Tensor) -> None:
+        if index in wanted:
+            hidden[index] = h
+
+    return hidden, keep
+
+
 class ReducingVisionTower:
     #: the encoder-layer forward with reduction (LLaVA swaps in its reducer)
     crossget_block = staticmethod(_block_forward)
@@ -100,19 +116,10 @@ class ReducingVisionTower:
         x = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         x = self.pre_layrnorm(x)
         encoder = self.encoder
-        depth = len(encoder.layers)
-        wanted = wanted_hidden(output_hidden_states, depth)
-        hidden: list[torch.Tensor | None] = [None] * (depth + 1)
-
-        def keep(index: int, h: torch.Tensor) -> None:
-            if index in wanted:
-                hidden[index] = h
-
-        x = run_tower(
-            x, encoder, "cross_image", encoder.layers, self.crossget_block, tower_state(encoder), keep if wanted else None
-        )
+        hidden, keep = hidden_state_recorder(output_hidden_states, len(encoder.layers))
+        x = run_tower(x, encoder, "cross_image", encoder.layers, self.crossget_block, tower_state(encoder), keep)
         out = _output(x, self.post_layernorm(x[:, 0]))
-        out.hidden_states = tuple(hidden) if wanted else None
+        out.hidden_states = tuple(hidden) if hidden is not None else None
         return out
 
 

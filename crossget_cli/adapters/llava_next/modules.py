@@ -24,7 +24,7 @@ from torch import nn
 
 from crossget_cli.adapters.base import METHOD_ATTR, SCHEDULE_ATTR, Tower
 from crossget_cli.adapters.hf_clip.adapter import tower_modality as clip_tower_modality
-from crossget_cli.adapters.hf_clip.adapter import wanted_hidden
+from crossget_cli.adapters.hf_clip.adapter import hidden_state_recorder
 from crossget_cli.adapters.llava.adapter import feature_layer, llava_block_forward, llava_core
 from crossget_cli.adapters.siglip.hf import map_head
 from crossget_cli.adapters.siglip.hf import tower_modality as siglip_tower_modality
@@ -180,21 +180,14 @@ class ReducingSiglipTower:
             raise CrossGetError("a patched vision tower returns no attentions", "unpatch the model to inspect them")
         x = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
         encoder = self.encoder
-        depth = len(encoder.layers)
-        wanted = wanted_hidden(output_hidden_states, depth)
-        hidden: list[torch.Tensor | None] = [None] * (depth + 1)
-
-        def keep(index: int, h: torch.Tensor) -> None:
-            if index in wanted:
-                hidden[index] = h
-
+        hidden, keep = hidden_state_recorder(output_hidden_states, len(encoder.layers))
         state = tower_state(encoder, protect_first=False)
-        x = run_tower(x, encoder, "cross_image", encoder.layers, llava_block_forward, state, keep if wanted else None)
+        x = run_tower(x, encoder, "cross_image", encoder.layers, llava_block_forward, state, keep)
         x = self.post_layernorm(x)
         sizes = None if state.sizes is None else state.sizes[:, : x.shape[1]]
         pooled = map_head(self.head, x, sizes) if self.use_head else None
         out = BaseModelOutputWithPooling(last_hidden_state=x, pooler_output=pooled)
-        out.hidden_states = tuple(hidden) if wanted else None
+        out.hidden_states = tuple(hidden) if hidden is not None else None
         return out
 
 
