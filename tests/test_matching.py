@@ -214,3 +214,49 @@ def test_padding_never_changes_a_samples_real_decisions(method):
         assert pairs == set(zip(alone.src_idx[i].tolist(), alone.dst_idx[i].tolist()))
         if method == "crossget":  # a padding source contributes its (zero) value only
             assert torch.all(padded.source_weight[i, src[~is_real]] == 1)
+
+
+def _random_plans(n: int, t: int, r: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    metric, guide = torch.randn(n, t, 32, generator=gen), torch.randn(n, 32, generator=gen)
+    return complete_graph_matching(metric, guide, r), gen
+
+
+@pytest.mark.parametrize("with_sizes", [False, True])
+def test_cpu_merge_equals_the_membership_product(monkeypatch, with_sizes):
+    """The CPU's ``index_add_`` merge and the one-hot product the GPU runs (a
+    second implementation of the same sums) agree on values, sizes, ids and
+    gradients; ``index_add_`` is bit-identical from run to run even when many
+    sources share a destination."""
+    from crossget_cli.core import merge
+
+    plan, gen = _random_plans(4, 40, 19, seed=3)
+    x = torch.randn(4, 40, 24, generator=gen, requires_grad=True)
+    sizes = torch.randint(1, 5, (4, 40, 1), generator=gen).float() if with_sizes else None
+    ids = torch.randint(0, 100, (4, 40), generator=gen).float()
+    probe = torch.randn(4, 21, 24, generator=gen)
+
+    def run():
+        merged, new_sizes, new_ids = ensemble_merge(x, sizes, plan, ids)
+        (grad,) = torch.autograd.grad((merged * probe).sum(), x)
+        return merged.detach(), new_sizes, new_ids, grad
+
+    assert not merge.sums_by_product(x)
+    by_index, again = run(), run()
+    monkeypatch.setattr(merge, "sums_by_product", lambda values: True)
+    by_product = run()
+    for ours, twice, theirs in zip(by_index, again, by_product):
+        assert torch.equal(ours, twice)
+        assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-6)
+    assert by_index[1].sum().item() == (4 * 40 if sizes is None else sizes.sum().item())
+
+
+def test_matching_leaves_the_callers_keys_alone():
+    """The keys are normalised in place only in the matcher's own copy."""
+    gen = torch.Generator().manual_seed(5)
+    metric, guide = torch.randn(2, 12, 8, generator=gen), torch.randn(2, 8, generator=gen)
+    before = metric.clone()
+    guided = complete_graph_matching(metric, guide, 4)
+    by_importance = complete_graph_matching(metric, None, 4, importance=torch.randn(2, 12, generator=gen))
+    assert torch.equal(metric, before)
+    assert guided.r == by_importance.r == 4

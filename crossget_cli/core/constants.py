@@ -76,6 +76,11 @@ def row_offsets(batch: int, num_tokens: int, device) -> torch.Tensor:
     return arange(batch * num_tokens, device)[::num_tokens, None]
 
 
+def ones(size: int, device) -> torch.Tensor:
+    """``torch.ones(size)`` (float32): unit token sizes, read through a view."""
+    return _corner("ones", size, device, torch.float32, lambda n: torch.ones(n, device=device))
+
+
 def eye(size: int, device, dtype) -> torch.Tensor:
     """The ``size x size`` identity, whose rows are the one-hot vectors of a merge."""
     return _corner("eye", size, device, dtype, lambda n: torch.eye(n, device=device, dtype=dtype))
@@ -83,27 +88,28 @@ def eye(size: int, device, dtype) -> torch.Tensor:
 
 def causal_mask(size: int, device, dtype) -> torch.Tensor:
     """``[size, size]`` additive causal mask: ``-inf`` above the diagonal."""
-    return _corner(
-        "causal", size, device, dtype, lambda n: torch.full((n, n), NEG_INF, device=device, dtype=dtype).triu_(1)
-    )
+    return _corner("causal", size, device, dtype, lambda n: torch.full((n, n), NEG_INF, device=device, dtype=dtype).triu_(1))
 
 
 def guided_protection_bias(num_tokens: int, device, protect_first: bool = True) -> torch.Tensor:
-    """``[T + 1, T + 1]`` float32 additive bias for the similarity of ``T`` keys
-    and one guide query (row and column ``T``): ``-inf`` on the keys' diagonal
-    and on the rows and columns of the protected tokens 0 (CLS/SOT; only with
-    ``protect_first``: a tower without a leading CLS token protects its cross
-    slot alone) and ``T - 1`` (the cross slot), 0 elsewhere, the guide's row and
-    column included. Its ``[:T, :T]`` corner serves the unguided similarity."""
+    """``[T + 1, T]`` float32 additive bias for the similarity of ``T`` keys
+    (columns) with the same keys and one guide query (rows; the guide is row
+    ``T``): ``-inf`` on the keys' diagonal and on the rows and columns of the
+    protected tokens 0 (CLS/SOT; only with ``protect_first``: a tower without a
+    leading CLS token protects its cross slot alone) and ``T - 1`` (the cross
+    slot), 0 elsewhere and on the whole guide row. Contiguous, so that
+    ``baddbmm`` reads it as it is; its first ``T`` rows serve the unguided
+    similarity."""
 
     def build() -> torch.Tensor:
         t = num_tokens
-        index = torch.arange(t + 1, device=device)
-        key = index < t
-        protected = key & (((index == 0) & protect_first) | (index == t - 1))
-        masked = (index[:, None] == index[None, :]) | protected[:, None] | protected[None, :]
-        masked &= key[:, None] & key[None, :]
-        return torch.zeros(t + 1, t + 1, device=device).masked_fill(masked, NEG_INF)
+        row, col = torch.arange(t + 1, device=device)[:, None], torch.arange(t, device=device)[None, :]
+
+        def protected(index: torch.Tensor) -> torch.Tensor:
+            return ((index == 0) & protect_first) | (index == t - 1)
+
+        masked = ((row == col) | protected(row) | protected(col)) & (row < t)
+        return torch.zeros(t + 1, t, device=device).masked_fill(masked, NEG_INF)
 
     kind = "guided" if protect_first else "guided-no-first"
     return _cached((kind, num_tokens, torch.device(device)), build)
@@ -145,6 +151,7 @@ def prepare(
     for t in token_counts:
         (bipartite_bias if method == "tome" else guided_protection_bias)(t, device, protect_first)
     arange(largest, device)
+    ones(largest, device)
     spaced_ranks(largest, device)
     for kind in {torch.float32, dtype}:
         eye(largest, device, kind)

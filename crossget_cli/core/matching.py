@@ -211,23 +211,26 @@ def complete_graph_matching(
     """
     n, t, _ = metric.shape
     bias = constants.guided_protection_bias(t, metric.device, protect_first)
+    # The float32 copy of the keys is ours (the guide row appended, or a cast)
+    # when it is not the caller's tensor: then it is normalised in place.
+    owned = importance is None or metric.dtype != torch.float32
     if importance is None:
         # The guide rides along as query row T: one product gives the
         # similarities and every token's cosine to the guide (row T, unmasked),
         # and leaves the [T, T] block contiguous for the symmetrisation.
         metric = torch.cat([metric, guide[:, None].to(metric.dtype)], dim=1)
-        bias = bias[:, :t]
     else:
-        bias = bias[:t, :t]
+        bias = bias[:t]
     metric = metric.float()
-    unit = metric / metric.norm(dim=-1, keepdim=True)
+    norm = metric.norm(dim=-1, keepdim=True)
+    unit = metric.div_(norm) if owned else metric / norm
     product = torch.baddbmm(bias, unit, unit[:, :t].transpose(1, 2))  # [N, T (+ 1), T]
     importance = product[:, t] if importance is None else importance.float()
     # Symmetrised (S + S^T, twice the mean: order and ties are those of the
     # mean): bit-exact where the product was already symmetric; elsewhere it
     # makes the tie-breaks of mutual-best pairs independent of the BLAS kernel.
-    product = product[:, :t]
-    sim = torch.add(product, product.transpose(1, 2))
+    block = product[:, :t]
+    sim = torch.add(block, block.transpose(1, 2))
     _protect(sim, protected)
     if padding is not None:
         _mask_padding(sim, padding)
@@ -245,8 +248,13 @@ def complete_graph_matching(
     # (rank_j - rank_i) * SPACING: >= SPACING for a later j, <= -SPACING for an
     # earlier one, 0 on the (-inf) diagonal. The minimum with it keeps the
     # similarities to later tokens and sinks the rest far below them (a
-    # vectorised min instead of a boolean mask and masked_fill).
-    best_later = torch.minimum(sim, rank.transpose(1, 2) - rank).amax(dim=-1, keepdim=True)
+    # vectorised min instead of a boolean mask and masked_fill). Both are
+    # written over the product's key rows, no longer needed: memory the
+    # product has just warmed, instead of two more [N, T, T] allocations
+    # (eagerly: dynamo refuses a strided ``out=``, and inductor fuses them).
+    scratch = None if constants.compiling() else block
+    later = torch.sub(rank.transpose(1, 2), rank, out=scratch)
+    best_later = torch.minimum(sim, later, out=None if scratch is None else later).amax(dim=-1, keepdim=True)
     # A token with no later partner scores >= SPACING / 2 (the reference: +inf):
     # above every real score, so it is never a source, as in the reference.
     score = torch.sub(importance[:, :, None], best_later, alpha=0.5)

@@ -188,12 +188,15 @@ class TokenState:
         """Overwrite the last slot with ``sg(g) + cross`` (SPEC §3): ``g`` is the
         previous cross token for vision (and for text with ``propagate_cross``)
         and the current EOT token for text.
-        ``in_place`` (vision, when nothing else holds ``x`` and no gradient is
-        needed) adds ``cross`` to the slot of ``x`` itself: one op instead of two."""
+        ``in_place`` (when nothing else holds ``x`` and no gradient is needed)
+        writes the token into the slot of ``x`` itself instead of concatenating
+        a copy of ``x``: one op fewer."""
         cross = cross.to(x.dtype)
         propagated = self.pooled_idx is None or self.propagate_cross
-        if in_place and propagated:
-            token = x[:, -1].add_(cross)
+        # (A strided ``out=`` is refused by dynamo: compiled text concatenates.)
+        if in_place and (propagated or not constants.compiling()):
+            slot = x[:, -1]
+            token = slot.add_(cross) if propagated else torch.add(_at(x, self.pooled_idx), cross, out=slot)
             self.cross_inputs.append(token)
             return x
         guide = x[:, -1] if propagated else _at(x, self.pooled_idx)
