@@ -197,7 +197,10 @@ class TokenState:
         if in_place and (propagated or not constants.compiling()):
             slot = x[:, -1]
             token = slot.add_(cross) if propagated else torch.add(_at(x, self.pooled_idx), cross, out=slot)
-            self.cross_inputs.append(token)
+            # A view of the slot would keep every layer's x alive until the
+            # forward ends (2x the activation memory): only a collector gets one, as a copy.
+            if _CROSS.value is not None:
+                self.cross_inputs.append(token.clone())
             return x
         guide = x[:, -1] if propagated else _at(x, self.pooled_idx)
         token = guide.detach() + cross
