@@ -42,6 +42,21 @@ def parse_r(text: str, name: str = "r", separator: str = ",") -> int | tuple[int
     return validate_r(name, numbers[0] if len(numbers) == 1 else tuple(numbers))
 
 
+def parse_methods(value: "str | Sequence[str]", name: str = "method") -> tuple[str, ...]:
+    """Methods to compare: ``"crossget"``, ``"tome"``, a comma list (``"crossget,tome"``)
+    or a sequence of names -> the methods in the order given, each once. Raises
+    :class:`CrossGetError` naming ``name``."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    methods = tuple(dict.fromkeys(str(item).strip() for item in items))
+    unknown = [m for m in methods if m not in METHODS]
+    if not methods or unknown:
+        raise CrossGetError(
+            f"unknown {name} {(unknown[0] if unknown else value)!r}",
+            f"choose {' or '.join(METHODS)}, or both: {','.join(METHODS)}",
+        )
+    return methods
+
+
 def parse_r_sweep(text: str, name: str = "r") -> list[int | tuple[int, ...]]:
     """A sweep of r settings: ``"0,4,8"`` -> [0, 4, 8]; a per-layer setting joins its
     values with ``/`` (``"16,4/4/2/2"`` -> [16, (4, 4, 2, 2)])."""

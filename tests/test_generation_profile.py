@@ -145,3 +145,8 @@ def test_profile_cli_times_generation_of_a_blip_captioner(tmp_path):
     rows = json.loads(result.stdout)["generation"]
     assert [r["label"] for r in rows] == ["original", "rv4_rl0"]
     assert all(r["batch"] == 2 and r["new_tokens"] == 3 and r["images_per_s"] > 0 for r in rows)
+    result = CliRunner().invoke(app, [*args, "--method", "crossget,tome", "--new-tokens", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    labels = ["original", "rv4_rl0", "tome_rv4_rl0"]
+    assert [r["label"] for r in data["generation"]] == labels == [r["label"] for r in data["runs"]]

@@ -233,3 +233,33 @@ def test_cuda_profile():
     assert result.device.startswith("cuda") and result.memory_method.startswith("cuda:")
     run = result.runs[1]
     assert run.peak_memory_mb["image"] > 0 and run.matching_ms["image"] > 0
+
+
+def test_methods_compared_in_one_run():
+    """``method="crossget,tome"``: every setting with each method, interleaved with
+    one original; each run's MACs and token counts are those of the same model
+    patched alone with that method (counted independently here)."""
+    model = openclip_tiny()
+    config = ProfileConfig(vision_r=[0, 4], text_r=[0], towers="image", method="crossget, tome,crossget", **FAST)
+    assert config.method == "crossget,tome" and config.methods == ("crossget", "tome")
+    report = profile_model(model, config)
+    assert [(r.method, r.vision_r) for r in report.runs] == [
+        ("none", 0),
+        ("crossget", 0),
+        ("crossget", 4),
+        ("tome", 0),
+        ("tome", 4),
+    ]
+    assert [r.label for r in report.runs] == ["original", "rv0_rl0", "rv4_rl0", "tome_rv0_rl0", "tome_rv4_rl0"]
+    for run in report.runs[1:]:
+        alone = crossget_cli.patch(openclip_tiny(), vision_r=run.vision_r, method=run.method)
+        assert run.image_gmacs == pytest.approx(model_macs(alone).image_gmacs, rel=1e-9)
+        assert run.tokens_per_layer == tokens_per_layer(alone)
+        assert set(run.throughput["image"]) == {"1", "2"}
+    assert report.to_dict()["runs"][3]["method"] == "tome"
+
+
+@pytest.mark.parametrize("method", ["foo", "crossget,foo", "", ","])
+def test_unknown_methods_are_refused(method):
+    with pytest.raises(CrossGetError, match="unknown method"):
+        ProfileConfig(method=method)

@@ -193,3 +193,11 @@ def test_tome_from_the_cli(tmp_path):
     result = runner.invoke(app, [*sweep, "--batch-sizes", "1", "--repeats", "1", "--warmup", "0", "--json"])
     assert result.exit_code == 0, result.output
     assert [run["label"] for run in json.loads(result.stdout)["runs"]] == ["original", "tome_rv4_rl0"]
+    both = [*sweep[:6], "crossget,tome", *sweep[7:], "--batch-sizes", "1", "--repeats", "1", "--warmup", "0", "--json"]
+    result = runner.invoke(app, both)
+    assert result.exit_code == 0, result.output
+    assert [run["label"] for run in json.loads(result.stdout)["runs"]] == ["original", "rv4_rl0", "tome_rv4_rl0"]
+    result = runner.invoke(app, [*sweep[:6], "tome,crossget,nope", *sweep[7:]])
+    assert result.exit_code == 2 and result.stderr.strip().splitlines() == [
+        "error: unknown method 'nope' (choose crossget or tome, or both: crossget,tome)"
+    ]

@@ -61,7 +61,12 @@ def profile(
     repeats: Annotated[int, typer.Option("--repeats", help="Timed forwards per setting and batch size (median reported).")] = 10,
     towers: Annotated[str, typer.Option("--towers", help="both, image or text.")] = "both",
     method: Annotated[
-        str, typer.Option("--method", help="crossget or tome (the ToMe baseline) for every swept run.")
+        str,
+        typer.Option(
+            "--method",
+            help="crossget or tome (the ToMe baseline) for every swept run, or crossget,tome: each setting with "
+            "both, interleaved with the original in one run.",
+        ),
     ] = "crossget",
     size_bias: Annotated[
         Optional[bool],

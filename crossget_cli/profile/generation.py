@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from crossget_cli.adapters.generation import GenerationCalls
+from crossget_cli.config import parse_methods
 from crossget_cli.errors import CrossGetError
 
 
@@ -153,9 +154,12 @@ def profile_generation(
     size_bias: bool = True,
 ) -> list[GenerationTiming]:
     """``crossget profile`` for a generative model: the original (``model``
-    unpatched) and each ``(vision_r, text_r)`` setting, through the adapter's
-    ``generation_calls`` on one random image batch. ``model`` is not changed."""
+    unpatched) and each ``(vision_r, text_r)`` setting with each of the
+    ``method`` (one, or a comma list as :func:`~crossget_cli.config.parse_methods`
+    reads it), through the adapter's ``generation_calls`` on one random image
+    batch. ``model`` is not changed."""
     import copy
+    from itertools import product
 
     from crossget_cli.adapters.patching import patch, unpatch
     from crossget_cli.adapters.registry import find_adapter
@@ -168,8 +172,8 @@ def profile_generation(
     base = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
     images = adapter.inputs(model).example_images(batch).to(device=device, dtype=dtype)
     calls = {}
-    for vision_r, text_r in settings:
-        patched = patch(share_weights_copy(base), vision_r=vision_r, text_r=text_r, method=method, size_bias=size_bias).eval()
-        calls[run_label(vision_r, text_r, method)] = adapter.generation_calls(patched, images)
+    for name, (vision_r, text_r) in product(parse_methods(method), settings):
+        patched = patch(share_weights_copy(base), vision_r=vision_r, text_r=text_r, method=name, size_bias=size_bias).eval()
+        calls[run_label(vision_r, text_r, name)] = adapter.generation_calls(patched, images)
     original = {"original": adapter.generation_calls(unpatch(base).eval(), images)}
     return time_generation({**original, **calls}, batch, new_tokens, warmup, repeats, device)

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from crossget_cli.adapters.patching import patch, unpatch
-from crossget_cli.config import METHODS, plain_r, validate_r
+from crossget_cli.config import parse_methods, plain_r, validate_r
 from crossget_cli.core.state import REDUCE_LABEL
 from crossget_cli.errors import CrossGetError
 from crossget_cli.loading.formats import DTYPES
@@ -137,7 +137,9 @@ class ProfileConfig:
         warmup: untimed forwards per setting, tower and batch size.
         repeats: timed forwards per setting, tower and batch size.
         towers: ``"both"``, ``"image"`` or ``"text"``.
-        method: ``"crossget"`` or ``"tome"`` for every swept run.
+        method: ``"crossget"`` or ``"tome"`` for every swept run, or both
+            (``"crossget,tome"``): each setting runs with each method, all
+            interleaved with the original in one run (:attr:`methods`).
         size_bias: the ``log(size)`` attention bias of every swept run
             (``ReductionConfig.size_bias``); off, attention runs unmasked.
     """
@@ -185,8 +187,7 @@ class ProfileConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise CrossGetError(f"{name} must be an integer >= {low}, got {value!r}", "e.g. warmup=3, repeats=10")
-        if self.method not in METHODS:
-            raise CrossGetError(f"unknown method {self.method!r}", f"choose one of: {', '.join(METHODS)}")
+        setattr_("method", ",".join(parse_methods(self.method)))
         if self.towers not in TOWER_CHOICES:
             raise CrossGetError(f"unknown towers {self.towers!r}", f"choose one of: {', '.join(TOWER_CHOICES)}")
         setattr_("compile", bool(self.compile))
@@ -198,6 +199,10 @@ class ProfileConfig:
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(self.method.split(","))
 
     def settings(self) -> list[tuple]:
         """The (vision_r, text_r) combinations, in sweep order."""
@@ -286,10 +291,10 @@ def profile_model(
     # copy of it, patched (trained cross tokens of a patched model are kept).
     base = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
     variants = []
-    for vision_r, text_r in config.settings():
+    for method, (vision_r, text_r) in product(config.methods, config.settings()):
         copy_ = share_weights_copy(base)
-        patched = patch(copy_, vision_r=vision_r, text_r=text_r, method=config.method, size_bias=config.size_bias).eval()
-        variants.append(_Variant(vision_r, text_r, config.method, patched))
+        patched = patch(copy_, vision_r=vision_r, text_r=text_r, method=method, size_bias=config.size_bias).eval()
+        variants.append(_Variant(vision_r, text_r, method, patched))
     variants.insert(0, _Variant(0, 0, "none", unpatch(base).eval()))
 
     sizes = sorted(set(config.batch_sizes) | {1})
