@@ -67,11 +67,19 @@ def _step(method: str, grad: bool, text: bool = False) -> "object":
     return count
 
 
+@pytest.mark.parametrize("merge_path", ["cpu", "gpu"])
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("method", ["crossget", "tome"])
-def test_one_reduction_step_is_within_budget(method, grad):
+def test_one_reduction_step_is_within_budget(monkeypatch, method, grad, merge_path):
+    """Both merge paths: the CPU's ``index_add_`` and, forced here on the CPU, the
+    membership product that GPUs (and compiled graphs) run, one op fewer."""
+    from crossget_cli.core import merge
+
+    if merge_path == "gpu":
+        monkeypatch.setattr(merge, "sums_by_product", lambda values: True)
     count = _step(method, grad)
     assert count.total <= STEP_BUDGET[method], count.compute
+    assert ("bmm" in count.compute) == (merge_path == "gpu") and ("index_add_" in count.compute) == (merge_path == "cpu")
     assert not count.host_syncs
 
 
