@@ -201,3 +201,9 @@ def test_tome_from_the_cli(tmp_path):
     assert result.exit_code == 2 and result.stderr.strip().splitlines() == [
         "error: unknown method 'nope' (choose crossget or tome, or both: crossget,tome)"
     ]
+    # A ToMe export is profiled with ToMe unless --method says otherwise.
+    exported = ["profile", "-m", str(tmp_path / "out"), "--towers", "image", "--batch-sizes", "1", "--repeats", "1"]
+    for extra, labels in (([], ["original", "tome_rv4_rl0"]), (["--method", "crossget"], ["original", "rv4_rl0"])):
+        result = runner.invoke(app, [*exported, "--warmup", "0", *extra, "--json"])
+        assert result.exit_code == 0, result.output
+        assert [run["label"] for run in json.loads(result.stdout)["runs"]] == labels

@@ -61,13 +61,14 @@ def profile(
     repeats: Annotated[int, typer.Option("--repeats", help="Timed forwards per setting and batch size (median reported).")] = 10,
     towers: Annotated[str, typer.Option("--towers", help="both, image or text.")] = "both",
     method: Annotated[
-        str,
+        Optional[str],
         typer.Option(
             "--method",
             help="crossget or tome (the ToMe baseline) for every swept run, or crossget,tome: each setting with "
-            "both, interleaved with the original in one run.",
+            "both, interleaved with the original in one run. Default: crossget, or as the compressed --model was "
+            "exported.",
         ),
-    ] = "crossget",
+    ] = None,
     size_bias: Annotated[
         Optional[bool],
         typer.Option(
@@ -111,7 +112,7 @@ def profile(
         warmup=warmup,
         repeats=repeats,
         towers=towers,
-        method=method,
+        method=method or "crossget",  # validated here, before the model is loaded
     )
     for path, option in ((output, "--output"), (plot, "--plot")):
         if path:
@@ -131,6 +132,7 @@ def profile(
             generation=generation,
             new_tokens=new_tokens,
             size_bias=size_bias,
+            method=method,
             progress=advance,
         )
     report, data = result.report, result.data

@@ -44,22 +44,26 @@ def run_profile(
     vision_r: list | None = None,
     text_r: list | None = None,
     size_bias: bool | None = None,
+    method: str | None = None,
     generation: bool | None = None,
     new_tokens: int = 20,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> ProfileResult:
     """Profile ``source`` (anything ``--model`` takes) over the sweeps ``vision_r`` x
     ``text_r`` (``None``: :func:`default_sweeps`) with the other settings of ``config``;
-    ``size_bias`` (``None``: as the compressed model was exported, else ``config``'s).
+    ``size_bias`` and ``method`` (``None``: as the compressed model was exported, else
+    ``config``'s).
     ``generation`` (default: whether the model generates text) also times prefill,
     decode and end-to-end generation of ``new_tokens`` tokens."""
     config = config or ProfileConfig()  # validated on construction, before a model is loaded
     loaded = load_model(source, pretrained)
     vision, text = default_sweeps(loaded.model, vision_r, text_r)
+    current = reduction_config(loaded.model)
     if size_bias is None:
-        current = reduction_config(loaded.model)
         size_bias = current.size_bias if current is not None else config.size_bias
-    config = replace(config, vision_r=vision, text_r=text, size_bias=size_bias)
+    if method is None:
+        method = current.method if current is not None else config.method
+    config = replace(config, vision_r=vision, text_r=text, size_bias=size_bias, method=method)
     report = profile_model(loaded.model, config, progress=progress, model_name=loaded.source)
     data = report.to_dict()
     if generation is None:
